@@ -1,0 +1,3 @@
+from . import product_template
+from . import sale_subscription_plan
+from . import sale_order

@@ -1,0 +1,79 @@
+from odoo import api, fields, models
+from odoo.exceptions import AccessError
+
+from ..core import keys
+
+# Write last-use at most this often per key, so hot API paths do not update a row per call.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+class FusionBillingApiKey(models.Model):
+    """A bearer key of one service. Plaintext is shown once; only a SHA-256 hash is kept."""
+
+    _name = "fusion.billing.api.key"
+    _description = "Billing Service API Key"
+    _order = "service_id, create_date desc, id desc"
+    _rec_name = "name"
+
+    name = fields.Char(required=True, default=lambda self: self.env._("API key"))
+    service_id = fields.Many2one("fusion.billing.service", required=True, ondelete="cascade", index=True)
+    company_id = fields.Many2one(related="service_id.company_id", store=True, index=True)
+    prefix = fields.Char(
+        required=True, readonly=True, index=True,
+        help="Non-secret start of the key (fcb_<prefix>_…), used to find it.")
+    key_hash = fields.Char(
+        required=True, readonly=True,
+        groups="fusion_centralize_billing.group_fusion_billing_manager")
+    active = fields.Boolean(default=True, help="Unticked: the key is revoked and fails at once.")
+    revoked_date = fields.Datetime(readonly=True)
+    last_used_date = fields.Datetime(readonly=True)
+
+    _prefix_uniq = models.UniqueIndex("(prefix)", "API key prefixes must be unique.")
+
+    @api.model
+    def _generate(self, service):
+        """Create a key for ``service`` and return its plaintext (never stored)."""
+        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_manager"):
+            raise AccessError(self.env._("Only Fusion Billing administrators can generate API keys."))
+        plaintext, prefix, key_hash = keys.generate_key()
+        self.sudo().create({"service_id": service.id, "prefix": prefix, "key_hash": key_hash})
+        service.message_post(body=self.env._("API key fcb_%s_… generated.", prefix))
+        return plaintext
+
+    def action_revoke(self):
+        for key in self:
+            key.service_id.message_post(body=self.env._("API key fcb_%s_… revoked.", key.prefix))
+        self.write({"active": False, "revoked_date": fields.Datetime.now()})
+        return True
+
+    def action_rotate(self):
+        """Generate a replacement key for the same service and revoke this one."""
+        self.ensure_one()
+        plaintext = self._generate(self.service_id)
+        self.action_revoke()
+        return self.env["fusion.billing.api.key.show"]._action_show(plaintext)
+
+    @api.model
+    def _find(self, plaintext):
+        """Return the active key matching ``plaintext`` (constant-time hash check) and record its use."""
+        try:
+            prefix = keys.split_key(plaintext)
+        except keys.MalformedKey:
+            return self.browse()
+        key = self.sudo().search([("prefix", "=", prefix)], limit=1)
+        if not key or not keys.verify_key(plaintext, key.key_hash):
+            return self.browse()
+        key._touch()
+        return key
+
+    def _touch(self):
+        """Record last use without contending on the row (skip if another request holds it)."""
+        now = fields.Datetime.now()
+        last = self.last_used_date
+        if last and (now - last).total_seconds() < LAST_USED_RESOLUTION_SECONDS:
+            return
+        self.env.cr.execute(
+            """UPDATE fusion_billing_api_key SET last_used_date = %s
+               WHERE id IN (SELECT id FROM fusion_billing_api_key WHERE id = %s FOR UPDATE SKIP LOCKED)""",
+            (now, self.id))
+        self.invalidate_recordset(["last_used_date"])

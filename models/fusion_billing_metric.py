@@ -1,0 +1,50 @@
+from odoo import api, fields, models
+
+from ..core import aggregation
+
+AGGREGATION_LABELS = {
+    "count": "Count",
+    "sum": "Sum",
+    "max": "Max",
+    "latest": "Latest value",
+    "unique_count": "Unique count",
+}
+
+
+class FusionBillingMetric(models.Model):
+    """A billable metric: what an app measures (event code) and how a period's events aggregate."""
+
+    _name = "fusion.billing.metric"
+    _description = "Billable Metric"
+    _inherit = ["mail.thread"]
+    _order = "service_id, code"
+    _check_company_auto = True
+
+    name = fields.Char(required=True, tracking=True)
+    code = fields.Char(
+        required=True, tracking=True,
+        help="The event code apps send (Lago billable metric code).")
+    service_id = fields.Many2one("fusion.billing.service", required=True, ondelete="restrict", index=True)
+    company_id = fields.Many2one(related="service_id.company_id", store=True, index=True)
+    description = fields.Text()
+    aggregation = fields.Selection(
+        [(key, AGGREGATION_LABELS[key]) for key in aggregation.AGGREGATIONS],
+        required=True, default="count", tracking=True,
+        help="How a period's events become units: count events, sum/max/latest of a property, "
+             "or count distinct values of a property.")
+    field_name = fields.Char(
+        string="Event Property", tracking=True,
+        help="The event property aggregated (required for every aggregation but count).")
+    uom_id = fields.Many2one("uom.uom", string="Unit of Measure")
+    active = fields.Boolean(default=True)
+
+    _service_code_uniq = models.UniqueIndex(
+        "(service_id, code)", "A metric code must be unique per service.")
+    _field_required = models.Constraint(
+        "CHECK(aggregation = 'count' OR field_name IS NOT NULL)",
+        "Every aggregation but count needs the event property it aggregates.")
+
+    @api.depends("name", "code")
+    def _compute_display_name(self):
+        for metric in self:
+            metric.display_name = f"{metric.name} ({metric.code})" if metric.code else metric.name

@@ -1,0 +1,117 @@
+import secrets
+
+from odoo import api, fields, models
+from odoo.exceptions import UserError
+
+
+class FusionBillingService(models.Model):
+    """One source app (NexaCloud, NexaDesk, NexaMaps…) billed by this Odoo.
+
+    A service owns its customers' account links, its metrics and charges, its API
+    keys and its webhook endpoint. In *shadow* mode everything is computed and
+    recorded but nothing is confirmed, posted, e-mailed or charged.
+    """
+
+    _name = "fusion.billing.service"
+    _description = "Billing Service (source app)"
+    _inherit = ["mail.thread"]
+    _order = "sequence, name, id"
+    _check_company_auto = True
+
+    name = fields.Char(required=True, tracking=True)
+    code = fields.Char(
+        required=True, tracking=True,
+        help="Short technical code of the app, e.g. 'nexacloud'. Used in logs and webhook payloads.")
+    sequence = fields.Integer(default=10)
+    active = fields.Boolean(default=True, tracking=True)
+    company_id = fields.Many2one(
+        "res.company", required=True, default=lambda self: self.env.company, tracking=True)
+    currency_id = fields.Many2one(
+        "res.currency", required=True, tracking=True,
+        default=lambda self: self.env.ref("base.CAD", raise_if_not_found=False) or self.env.company.currency_id,
+        help="Currency of this app's catalog and invoices (CAD normally).")
+    billing_mode = fields.Selection(
+        [("shadow", "Shadow"), ("live", "Live")],
+        required=True, default="shadow", tracking=True,
+        help="Shadow: compute and record everything, confirm/post/e-mail/charge nothing (dual-run). "
+             "Live: Odoo bills this app's customers for real.")
+    organization_id = fields.Char(
+        string="Organization ID", readonly=True, copy=False,
+        default=lambda self: secrets.token_hex(16),
+        help="Identifier sent as organization_id in webhook envelopes (Lago compatibility).")
+
+    webhook_url = fields.Char(
+        string="Webhook URL", tracking=True,
+        help="Where lifecycle webhooks are POSTed for this app. Empty: webhooks are recorded, not sent.")
+    webhook_secret = fields.Char(
+        string="Webhook Signing Secret", copy=False,
+        groups="fusion_centralize_billing.group_fusion_billing_manager",
+        help="HMAC-SHA256 key for the X-Lago-Signature header.")
+    webhook_event_types = fields.Char(
+        help="Comma-separated webhook types this app wants (e.g. 'invoice.created,subscription.started'). "
+             "Empty: every type.")
+
+    api_key_ids = fields.One2many("fusion.billing.api.key", "service_id", string="API Keys")
+    account_link_ids = fields.One2many("fusion.billing.account.link", "service_id", string="Customers")
+    metric_ids = fields.One2many("fusion.billing.metric", "service_id", string="Billable Metrics")
+    account_link_count = fields.Integer(compute="_compute_counts")
+    subscription_count = fields.Integer(compute="_compute_counts")
+
+    _code_company_uniq = models.Constraint(
+        "UNIQUE(company_id, code)", "A service code must be unique per company.")
+
+    def _compute_counts(self):
+        links = dict(self.env["fusion.billing.account.link"]._read_group(
+            [("service_id", "in", self.ids)], ["service_id"], ["__count"]))
+        subs = dict(self.env["sale.order"]._read_group(
+            [("x_fc_service_id", "in", self.ids), ("is_subscription", "=", True)],
+            ["x_fc_service_id"], ["__count"]))
+        for service in self:
+            service.account_link_count = links.get(service, 0)
+            service.subscription_count = subs.get(service, 0)
+
+    def is_shadow(self):
+        self.ensure_one()
+        return self.billing_mode == "shadow"
+
+    def action_generate_api_key(self):
+        """Create a key and show its plaintext once; only its hash is stored."""
+        self.ensure_one()
+        plaintext = self.env["fusion.billing.api.key"]._generate(self)
+        return self.env["fusion.billing.api.key.show"]._action_show(plaintext)
+
+    def action_generate_webhook_secret(self):
+        self.ensure_one()
+        self.check_access("write")
+        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_manager"):
+            raise UserError(self.env._("Only Fusion Billing administrators can set webhook secrets."))
+        self.sudo().webhook_secret = secrets.token_urlsafe(32)
+        self.message_post(body=self.env._("A new webhook signing secret was generated."))
+        return True
+
+    def action_view_account_links(self):
+        self.ensure_one()
+        return {
+            "type": "ir.actions.act_window",
+            "name": self.env._("Customers"),
+            "res_model": "fusion.billing.account.link",
+            "view_mode": "list,form",
+            "domain": [("service_id", "=", self.id)],
+            "context": {"default_service_id": self.id},
+        }
+
+    def action_view_subscriptions(self):
+        self.ensure_one()
+        return {
+            "type": "ir.actions.act_window",
+            "name": self.env._("Subscriptions"),
+            "res_model": "sale.order",
+            "view_mode": "list,form",
+            "domain": [("x_fc_service_id", "=", self.id), ("is_subscription", "=", True)],
+        }
+
+    @api.model
+    def _authenticate(self, plaintext):
+        """Return the active service owning API key ``plaintext`` (sudo), or an empty recordset."""
+        key = self.env["fusion.billing.api.key"].sudo()._find(plaintext)
+        return key.service_id if key and key.service_id.active else self.browse()
