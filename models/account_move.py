@@ -1,4 +1,10 @@
-from odoo import fields, models
+from odoo import api, fields, models
+
+from ..core import lago, money
+
+LAGO_STATUS = {"draft": "draft", "posted": "finalized", "cancel": "voided"}
+LAGO_PAYMENT_STATUS = {"paid": "succeeded", "in_payment": "succeeded", "reversed": "succeeded",
+                       "not_paid": "pending", "partial": "pending", "blocked": "pending"}
 
 
 class AccountMove(models.Model):
@@ -7,3 +13,120 @@ class AccountMove(models.Model):
     x_fc_service_id = fields.Many2one(
         "fusion.billing.service", string="Billing Service", index="btree_not_null", copy=False,
         help="The app this invoice bills (one invoice per service).")
+
+    # ------------------------------------------------------------------ Lago API
+    @api.model
+    def _api_domain(self, service, query, external_customer_id=None):
+        domain = [("x_fc_service_id", "=", service.id), ("move_type", "in", ("out_invoice", "out_refund"))]
+        if external_customer_id:
+            links = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
+                [("service_id", "=", service.id), ("external_id", "=", external_customer_id)])
+            domain.append(("partner_id", "in", links.partner_id.ids))
+        statuses = query.getlist("statuses[]") or query.getlist("status")
+        if statuses:
+            states = [state for state, name in LAGO_STATUS.items() if name in statuses]
+            domain.append(("state", "in", states))
+        payment_statuses = query.getlist("payment_statuses[]") or query.getlist("payment_status")
+        if payment_statuses:
+            states = [state for state, name in LAGO_PAYMENT_STATUS.items() if name in payment_statuses]
+            domain.append(("payment_state", "in", states))
+        for bound, operator in (("issuing_date_from", ">="), ("issuing_date_to", "<=")):
+            if query.get(bound):
+                domain.append(("invoice_date", operator, lago.parse_date_param(query[bound], bound)))
+        return domain
+
+    @api.model
+    def _api_find(self, service, lago_id):
+        if not str(lago_id).isdigit():
+            return self.browse()
+        return self.search(self._api_domain(service, _NoQuery()) + [("id", "=", int(lago_id))], limit=1)
+
+    def _api_render_pdf(self):
+        """Render (and keep) the invoice PDF the native way, so its portal URL serves it."""
+        self.ensure_one()
+        self.env["ir.actions.report"]._render_qweb_pdf("account.account_invoices", self.ids)
+
+    def _api_values(self, detailed=False):
+        self.ensure_one()
+        currency = self.currency_id
+        cents = lambda amount: money.to_minor_units(amount, currency.decimal_places)  # noqa: E731
+        sign = -1 if self.move_type == "out_refund" else 1
+        link = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
+            [("service_id", "=", self.x_fc_service_id.id), ("partner_id", "=", self.partner_id.id)], limit=1)
+        values = {
+            "lago_id": str(self.id),
+            "billing_entity_code": self.company_id.name,
+            "sequential_id": self.id,
+            "number": self.name,
+            "issuing_date": self.invoice_date or self.date,
+            "payment_due_date": self.invoice_date_due,
+            "net_payment_term": (self.invoice_date_due - self.invoice_date).days
+            if self.invoice_date and self.invoice_date_due else 0,
+            "invoice_type": "credit" if sign < 0 else "subscription",
+            "status": LAGO_STATUS.get(self.state, "draft"),
+            "payment_status": LAGO_PAYMENT_STATUS.get(self.payment_state, "pending"),
+            "payment_overdue": bool(self.state == "posted" and self.payment_state in ("not_paid", "partial")
+                                    and self.invoice_date_due and self.invoice_date_due < fields.Date.context_today(self)),
+            "currency": currency.name,
+            "fees_amount_cents": cents(self.amount_untaxed),
+            "taxes_amount_cents": cents(self.amount_tax),
+            "coupons_amount_cents": 0,
+            "credit_notes_amount_cents": 0,
+            "prepaid_credit_amount_cents": 0,
+            "progressive_billing_credit_amount_cents": 0,
+            "sub_total_excluding_taxes_amount_cents": cents(self.amount_untaxed),
+            "sub_total_including_taxes_amount_cents": cents(self.amount_total),
+            "total_amount_cents": cents(self.amount_total),
+            "total_due_amount_cents": cents(self.amount_residual),
+            "total_paid_amount_cents": cents(self.amount_total - self.amount_residual),
+            "file_url": self.get_base_url() + self.get_portal_url(report_type="pdf", download=True)
+            if self.state == "posted" else None,
+            "version_number": 4,
+            "self_billed": False,
+            "created_at": self.create_date,
+            "updated_at": self.write_date,
+            "voided_at": self.write_date if self.state == "cancel" else None,
+            "external_customer_id": link.external_id,
+        }
+        if detailed:
+            values["customer"] = link._api_values() if link else None
+            orders = self.invoice_line_ids.sale_line_ids.order_id.filtered("is_subscription")
+            values["subscriptions"] = [order._api_values() for order in orders]
+            values["fees"] = [line._api_fee_values() for line in self.invoice_line_ids.filtered(
+                lambda l: l.display_type == "product")]
+        return values
+
+
+class _NoQuery(dict):
+    """An empty query-string multidict."""
+
+    def getlist(self, _key):
+        return []
+
+
+class AccountMoveLine(models.Model):
+    _inherit = "account.move.line"
+
+    def _api_fee_values(self):
+        self.ensure_one()
+        currency = self.currency_id
+        cents = lambda amount: money.to_minor_units(amount, currency.decimal_places)  # noqa: E731
+        usage = self.env["fusion.billing.usage"].search([("invoice_line_id", "=", self.id)], limit=1)
+        return {
+            "lago_id": str(self.id),
+            "item": {
+                "type": "charge" if usage else "subscription",
+                "code": usage.metric_id.code if usage else self.product_id.default_code,
+                "name": self.name,
+                "invoice_display_name": self.name,
+            },
+            "units": str(self.quantity),
+            "events_count": usage.events_count if usage else None,
+            "amount_cents": cents(self.price_subtotal),
+            "amount_currency": currency.name,
+            "taxes_amount_cents": cents(self.price_total - self.price_subtotal),
+            "total_amount_cents": cents(self.price_total),
+            "precise_unit_amount": str(self.price_unit),
+            "from_datetime": usage.period_start if usage else None,
+            "to_datetime": usage.period_end if usage else None,
+        }

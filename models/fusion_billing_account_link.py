@@ -60,3 +60,108 @@ class FusionBillingAccountLink(models.Model):
         if link:
             return link.partner_id
         return self.env["res.partner"].search([("email_normalized", "=", email)], limit=1)
+
+    # ------------------------------------------------------------------ Lago API
+    # Lago customer key → res.partner field (only keys present in a payload are written).
+    _PARTNER_FIELDS = {
+        "email": "email", "phone": "phone", "url": "website", "address_line1": "street",
+        "address_line2": "street2", "city": "city", "zipcode": "zip",
+        "tax_identification_number": "vat", "timezone": "tz",
+    }
+
+    @api.model
+    def _api_find(self, service, external_id):
+        return self.search([("service_id", "=", service.id), ("external_id", "=", external_id)], limit=1)
+
+    @api.model
+    def _api_upsert(self, service, clean):
+        """Lago ``POST /customers``: create or update the app's customer (present keys only).
+
+        A new account reuses the partner already representing the client (by normalised
+        e-mail, e.g. a NexaDesk customer) instead of duplicating it.
+        """
+        link = self.with_context(active_test=False)._api_find(service, clean["external_id"])
+        partner_values = self._api_partner_values(clean)
+        link_values = {key: clean[key] for key in ("email",) if key in clean}
+        extra = {k: v for k, v in clean.items() if k not in self._PARTNER_FIELDS and k not in (
+            "external_id", "name", "firstname", "lastname", "country", "customer_type")}
+        if link:
+            if partner_values:
+                link.partner_id.write(partner_values)
+            link.write(dict(link_values, active=True, metadata=dict(link.metadata or {}, **extra)))
+            link._fc_notify("customer.updated")
+            return link
+        partner = self._find_partner(clean.get("email"))
+        if partner:  # another app's client: only fill what Odoo does not know yet
+            partner.write({k: v for k, v in partner_values.items() if not partner[k]})
+        else:
+            partner = self.env["res.partner"].create(
+                dict(partner_values, name=partner_values.get("name") or clean["external_id"]))
+        link = self.create(dict(link_values, service_id=service.id, external_id=clean["external_id"],
+                                partner_id=partner.id, metadata=extra))
+        link._fc_notify("customer.created")
+        return link
+
+    @api.model
+    def _api_partner_values(self, clean):
+        values = {field: clean[key] for key, field in self._PARTNER_FIELDS.items() if key in clean}
+        name = clean.get("name") or " ".join(filter(None, [clean.get("firstname"), clean.get("lastname")]))
+        if name:
+            values["name"] = name
+        if "customer_type" in clean and clean["customer_type"]:
+            values["company_type"] = "company" if clean["customer_type"] == "company" else "person"
+        if clean.get("country"):
+            country = self.env["res.country"].search([("code", "=", clean["country"].upper())], limit=1)
+            values["country_id"] = country.id or False
+        return values
+
+    def _api_delete(self):
+        """Lago ``DELETE /customers/{id}``: soft delete; live subscriptions are terminated."""
+        self.ensure_one()
+        values = self._api_values()
+        for subscription in self.subscription_ids.filtered(lambda s: s._api_status() in ("active", "pending")):
+            subscription._api_terminate()
+        self.active = False
+        return values
+
+    def _api_values(self):
+        self.ensure_one()
+        partner = self.partner_id
+        metadata = self.metadata or {}
+        return {
+            "lago_id": str(self.id),
+            "external_id": self.external_id,
+            "sequential_id": self.id,
+            "slug": f"{self.service_id.code}-{self.id}",
+            "name": partner.name,
+            "firstname": metadata.get("firstname"),
+            "lastname": metadata.get("lastname"),
+            "customer_type": "company" if partner.is_company else "individual",
+            "email": self.email or partner.email,
+            "phone": partner.phone,
+            "url": partner.website,
+            "address_line1": partner.street,
+            "address_line2": partner.street2,
+            "city": partner.city,
+            "zipcode": partner.zip,
+            "state": partner.state_id.name,
+            "country": partner.country_id.code,
+            "legal_name": metadata.get("legal_name"),
+            "legal_number": metadata.get("legal_number"),
+            "tax_identification_number": partner.vat,
+            "currency": self.service_id.currency_id.name,
+            "timezone": partner.tz,
+            "applicable_timezone": partner.tz or "UTC",
+            "net_payment_term": metadata.get("net_payment_term"),
+            "billing_configuration": metadata.get("billing_configuration") or {},
+            "metadata": metadata.get("metadata") or [],
+            "created_at": self.create_date,
+            "updated_at": self.write_date,
+        }
+
+    def _fc_notify(self, webhook_type):
+        """Hook for outbound webhooks (see fusion.billing.webhook)."""
+        webhooks = self.env["fusion.billing.webhook"]
+        if hasattr(webhooks, "_enqueue"):
+            for link in self:
+                webhooks._enqueue(link.service_id, webhook_type, link)

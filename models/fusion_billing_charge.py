@@ -107,3 +107,27 @@ class FusionBillingCharge(models.Model):
             self.charge_model, self.properties or {}, units,
             included_units=self.included_quantity, events_count=events_count,
             event_amounts=event_amounts, decimals=self.currency_id.decimal_places)
+
+    def _api_values(self):
+        self.ensure_one()
+        properties = dict(self.properties or {})
+        if self.included_quantity:
+            # Our extension: units included in the plan before this charge model applies.
+            properties["included_units"] = str(self.included_quantity)
+        return {
+            "lago_id": str(self.id),
+            "lago_billable_metric_id": str(self.metric_id.id),
+            "billable_metric_code": self.metric_id.code,
+            "code": self.code or self.metric_id.code,
+            "invoice_display_name": self.invoice_display_name or self.metric_id.name,
+            "created_at": self.create_date,
+            "charge_model": self.charge_model,
+            "pay_in_advance": False,
+            "invoiceable": True,
+            "regroup_paid_fees": None,
+            "prorated": False,
+            "min_amount_cents": 0,
+            "properties": properties,
+            "filters": [],
+            "taxes": [],
+        }

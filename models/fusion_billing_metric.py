@@ -48,3 +48,21 @@ class FusionBillingMetric(models.Model):
     def _compute_display_name(self):
         for metric in self:
             metric.display_name = f"{metric.name} ({metric.code})" if metric.code else metric.name
+
+    def _api_values(self):
+        self.ensure_one()
+        return {
+            "lago_id": str(self.id),
+            "name": self.name,
+            "code": self.code,
+            "description": self.description or None,
+            "aggregation_type": f"{self.aggregation}_agg",
+            "weighted_interval": None,
+            "recurring": False,
+            "rounding_function": None,
+            "rounding_precision": None,
+            "created_at": self.create_date,
+            "field_name": self.field_name or None,
+            "expression": None,
+            "filters": [],
+        }

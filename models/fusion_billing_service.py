@@ -110,6 +110,15 @@ class FusionBillingService(models.Model):
             "domain": [("x_fc_service_id", "=", self.id), ("is_subscription", "=", True)],
         }
 
+    def _fc_pricelist(self):
+        """The pricelist subscriptions of this service use: one in the service's currency."""
+        self.ensure_one()
+        pricelist_model = self.env["product.pricelist"].sudo()
+        domain = [("currency_id", "=", self.currency_id.id), ("company_id", "in", (False, self.company_id.id))]
+        return pricelist_model.search(domain, limit=1) or pricelist_model.create({
+            "name": f"{self.name} ({self.currency_id.name})", "currency_id": self.currency_id.id,
+            "company_id": self.company_id.id})
+
     @api.model
     def _authenticate(self, plaintext):
         """Return the active service owning API key ``plaintext`` (sudo), or an empty recordset."""

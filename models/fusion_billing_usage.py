@@ -1,5 +1,7 @@
 from odoo import api, fields, models
 
+from ..core import aggregation
+
 
 class FusionBillingUsage(models.Model):
     """Usage of one metric by one subscription over one billing period (a rollup).
@@ -48,3 +50,68 @@ class FusionBillingUsage(models.Model):
     def _compute_display_name(self):
         for usage in self:
             usage.display_name = f"{usage.metric_id.code or ''} {usage.period_start or ''}"
+
+    # ------------------------------------------------------------------ event rollups
+    @api.model
+    def _add_events(self, subscription_id, metric_id, period_start, period_end, events):
+        """Fold freshly stored ``events`` of one subscription/metric/period into its usage row.
+
+        One atomic ``INSERT … ON CONFLICT DO UPDATE`` per row: concurrent workers add up
+        instead of overwriting. Events for a period no longer open are marked late.
+        """
+        metric = self.env["fusion.billing.metric"].browse(metric_id)
+        quantity, last_event_at = self._contribution(metric, events)
+        now = fields.Datetime.now()
+        self.env.cr.execute(f"""
+            INSERT INTO fusion_billing_usage AS usage
+                   (subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at,
+                    source, state, service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
+            SELECT so.id, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s,
+                   'events', 'open', so.x_fc_service_id, so.partner_id, so.company_id, %(uid)s, %(now)s, %(uid)s, %(now)s
+              FROM sale_order so WHERE so.id = %(subscription)s
+            ON CONFLICT (subscription_id, metric_id, period_start) DO UPDATE SET
+                   quantity = {self._MERGE_SQL[metric.aggregation]},
+                   events_count = usage.events_count + EXCLUDED.events_count,
+                   last_event_at = GREATEST(usage.last_event_at, EXCLUDED.last_event_at),
+                   write_uid = EXCLUDED.write_uid, write_date = EXCLUDED.write_date
+             WHERE usage.state = 'open'
+            RETURNING id""", {
+            "metric": metric_id, "start": period_start, "end": period_end, "quantity": quantity,
+            "count": len(events), "last": last_event_at, "uid": self.env.uid, "now": now,
+            "subscription": subscription_id,
+        })
+        row = self.env.cr.fetchone()
+        event_ids = tuple(event.id for event in events)
+        if not row:
+            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (event_ids,))
+        else:
+            self.env.cr.execute("UPDATE fusion_billing_event SET usage_id = %s WHERE id IN %s", (row[0], event_ids))
+            if metric.aggregation == "unique_count":
+                self._recount_unique(row[0], metric)
+        self.invalidate_model()
+        self.env["fusion.billing.event"].invalidate_model(["state", "usage_id"])
+
+    _MERGE_SQL = {
+        "count": "usage.quantity + EXCLUDED.quantity",
+        "sum": "usage.quantity + EXCLUDED.quantity",
+        "max": "GREATEST(usage.quantity, EXCLUDED.quantity)",
+        "latest": "CASE WHEN usage.last_event_at IS NULL OR EXCLUDED.last_event_at >= usage.last_event_at "
+                  "THEN EXCLUDED.quantity ELSE usage.quantity END",
+        "unique_count": "usage.quantity",  # recounted from the events just after
+    }
+
+    @api.model
+    def _contribution(self, metric, events):
+        """(quantity, latest timestamp) of a group of events under the metric's aggregation."""
+        result = aggregation.aggregate(metric.aggregation, [
+            {"timestamp": (event.timestamp, event.id), "properties": event.properties} for event in events
+        ], metric.field_name)
+        return result.units, max(event.timestamp for event in events)
+
+    @api.model
+    def _recount_unique(self, usage_id, metric):
+        self.env.cr.execute("""
+            UPDATE fusion_billing_usage SET quantity = (
+                SELECT COUNT(DISTINCT properties ->> %s) FROM fusion_billing_event
+                 WHERE usage_id = %s AND state = 'processed')
+             WHERE id = %s""", (metric.field_name, usage_id, usage_id))

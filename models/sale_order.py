@@ -1,4 +1,8 @@
-from odoo import fields, models
+from datetime import datetime, time
+
+from odoo import Command, api, fields, models
+
+from ..core import lago, money, periods
 
 
 class SaleOrder(models.Model):
@@ -18,8 +22,236 @@ class SaleOrder(models.Model):
     x_fc_stripe_subscription_id = fields.Char(
         string="Stripe Subscription (info)", copy=False, help="Informational only: never used to charge.")
     x_fc_terminated_at = fields.Datetime(string="Terminated At", copy=False)
+    x_fc_previous_plan_code = fields.Char(string="Previous Plan Code", copy=False)
     x_fc_usage_ids = fields.One2many("fusion.billing.usage", "subscription_id", string="Usage")
 
     _x_fc_external_uniq = models.UniqueIndex(
         "(x_fc_service_id, x_fc_external_id) WHERE x_fc_external_id IS NOT NULL AND x_fc_terminated_at IS NULL",
         "This app already has a live subscription with that external id.")
+
+    # ------------------------------------------------------------------ periods
+    def _fc_anchor(self):
+        self.ensure_one()
+        return self.start_date or self.date_order.date()
+
+    def _fc_period(self, at=None):
+        """(start, end exclusive) of the billing period containing ``at`` (default: now)."""
+        self.ensure_one()
+        plan = self.plan_id
+        return periods.period_bounds(self._fc_anchor(), plan.billing_period_unit, plan.billing_period_value,
+                                     at or fields.Datetime.now())
+
+    # ------------------------------------------------------------------ rating
+    def _fc_charges(self):
+        self.ensure_one()
+        return self.plan_id.x_fc_charge_ids.filtered("active")
+
+    def _fc_rated_usage(self, period_start):
+        """[(charge, usage row or empty, rating)] of one period: what current usage shows and the invoice bills."""
+        self.ensure_one()
+        usages = {u.metric_id: u for u in self.x_fc_usage_ids if u.period_start == period_start}
+        rated = []
+        for charge in self._fc_charges():
+            usage = usages.get(charge.metric_id, self.env["fusion.billing.usage"])
+            rated.append((charge, usage, charge._rate(usage.quantity or 0, events_count=usage.events_count or 0)))
+        return rated
+
+    def _fc_taxes(self, charge, amount):
+        """Tax amount of ``amount`` on the charge's invoice product, as the invoice line will compute it."""
+        product = charge.product_id or self.env.ref("fusion_centralize_billing.product_metered_usage")
+        taxes = product.taxes_id.filtered(lambda t: t.company_id == self.company_id)
+        taxes = self.fiscal_position_id.map_tax(taxes) if self.fiscal_position_id else taxes
+        if not taxes:
+            return 0.0
+        result = taxes.compute_all(float(amount), self.currency_id, 1.0, product=product, partner=self.partner_id)
+        return result["total_included"] - result["total_excluded"]
+
+    def _fc_usage_values(self, period_start=None, apply_taxes=True):
+        """Lago ``customer_usage`` of one period (default: the open one), rated to the cent."""
+        self.ensure_one()
+        start, end = self._fc_period(period_start)
+        currency = self.currency_id
+        charges_usage, amount, taxes = [], 0, 0.0
+        for charge, usage, rating in self._fc_rated_usage(start):
+            amount += rating.amount_minor
+            taxes += self._fc_taxes(charge, rating.amount) if apply_taxes else 0.0
+            charges_usage.append({
+                "units": rating.units,
+                "events_count": usage.events_count or 0,
+                "amount_cents": rating.amount_minor,
+                "amount_currency": currency.name,
+                "charge": {"lago_id": str(charge.id), "code": charge.code or charge.metric_id.code,
+                           "charge_model": charge.charge_model,
+                           "invoice_display_name": charge.invoice_display_name or charge.metric_id.name},
+                "billable_metric": {"lago_id": str(charge.metric_id.id), "name": charge.metric_id.name,
+                                    "code": charge.metric_id.code,
+                                    "aggregation_type": f"{charge.metric_id.aggregation}_agg"},
+            })
+        taxes_cents = money.to_minor_units(taxes, currency.decimal_places)
+        return {
+            "from_datetime": datetime.combine(start, time.min),
+            "to_datetime": datetime.combine(end, time.min),
+            "issuing_date": end,
+            "currency": currency.name,
+            "amount_cents": amount,
+            "taxes_amount_cents": taxes_cents,
+            "total_amount_cents": amount + taxes_cents,
+            "charges_usage": charges_usage,
+        }
+
+    def _fc_past_usage_values(self, metric_code=None, periods_count=None):
+        """Lago ``usage_periods`` of closed periods, newest first."""
+        self.ensure_one()
+        current_start = self._fc_period()[0]
+        starts = sorted({u.period_start for u in self.x_fc_usage_ids if u.period_start < current_start}, reverse=True)
+        if periods_count and str(periods_count).isdigit():
+            starts = starts[:int(periods_count)]
+        periods_values = []
+        for start in starts:
+            values = self._fc_usage_values(start)
+            if metric_code:
+                values["charges_usage"] = [c for c in values["charges_usage"] if c["billable_metric"]["code"] == metric_code]
+            periods_values.append(values)
+        return periods_values
+
+    # ------------------------------------------------------------------ Lago API
+    def _api_status(self):
+        """Lago status: shadow drafts count as active, since the app runs them."""
+        self.ensure_one()
+        if self.state == "cancel" and self.x_fc_terminated_at:
+            return "canceled"
+        if self.x_fc_terminated_at:
+            return "terminated"
+        if self.start_date and self.start_date > fields.Date.context_today(self):
+            return "pending"
+        return "active"
+
+    @api.model
+    def _api_domain(self, service, statuses=("active",)):
+        today = fields.Date.context_today(self)
+        by_status = {
+            "active": ["&", ("x_fc_terminated_at", "=", False), "|", ("start_date", "=", False), ("start_date", "<=", today)],
+            "pending": ["&", ("x_fc_terminated_at", "=", False), ("start_date", ">", today)],
+            "terminated": ["&", ("x_fc_terminated_at", "!=", False), ("state", "!=", "cancel")],
+            "canceled": ["&", ("x_fc_terminated_at", "!=", False), ("state", "=", "cancel")],
+        }
+        unknown = set(statuses or ()) - set(by_status)
+        if unknown:
+            raise lago.validation({"status": ["value_is_invalid"]})
+        status_domain = []
+        for status in statuses or by_status:
+            status_domain = (["|"] + status_domain if status_domain else []) + by_status[status]
+        return [("x_fc_service_id", "=", service.id), ("is_subscription", "=", True)] + status_domain
+
+    @api.model
+    def _api_find(self, service, external_id, statuses=("active",)):
+        domain = self._api_domain(service, statuses) + [("x_fc_external_id", "=", external_id)]
+        return self.search(domain, order="id desc", limit=1)
+
+    @api.model
+    def _api_create_subscription(self, service, clean):
+        """Lago ``POST /subscriptions``: idempotent on external id; another plan switches plans.
+
+        Unknown customers are created on the fly (as Lago does). In shadow mode the order
+        stays a draft quotation; in live mode it is confirmed, which starts native billing.
+        """
+        link_model = self.env["fusion.billing.account.link"]
+        link = link_model._api_find(service, clean["external_customer_id"]) or \
+            link_model._api_upsert(service, {"external_id": clean["external_customer_id"]})
+        plan = self.env["sale.subscription.plan"].search(
+            [("x_fc_service_id", "=", service.id), ("x_fc_plan_code", "=", clean["plan_code"])], limit=1)
+        if not plan:
+            raise lago.not_found("plan")
+        current = self._api_find(service, clean["external_id"], statuses=("active", "pending"))
+        if current and current.x_fc_account_link_id != link:
+            raise lago.validation({"external_id": ["value_already_exist"]})
+        if current and current.plan_id == plan:
+            return current
+        previous_code = current.plan_id.x_fc_plan_code if current else False
+        if current:
+            current._api_terminate()
+        start = clean.get("subscription_at")
+        order = self.create({
+            "partner_id": link.partner_id.id,
+            "company_id": service.company_id.id,
+            "pricelist_id": service._fc_pricelist().id,
+            "plan_id": plan.id,
+            "x_fc_service_id": service.id,
+            "x_fc_account_link_id": link.id,
+            "x_fc_external_id": clean["external_id"],
+            "x_fc_previous_plan_code": previous_code,
+            "client_order_ref": clean.get("name") or False,
+            "start_date": start.date() if start else fields.Date.context_today(self),
+            "end_date": clean["ending_at"].date() if clean.get("ending_at") else False,
+            "order_line": [Command.create(plan._fc_base_fee_line_values())] if plan.x_fc_product_id else [],
+        })
+        if not service.is_shadow():
+            order.action_confirm()
+        order._fc_notify("subscription.started")
+        return order
+
+    def _api_terminate(self, on_termination_invoice="generate"):
+        """Lago ``DELETE /subscriptions/{id}``: terminate (or cancel a pending one).
+
+        Live: the native subscription is closed; shadow: only marked terminated, nothing
+        is confirmed, cancelled on the customer's side, invoiced or charged.
+        """
+        for order in self:
+            pending = order._api_status() == "pending"
+            order.x_fc_terminated_at = fields.Datetime.now()
+            order.flush_recordset(["x_fc_terminated_at"])
+            if pending:
+                order.with_context(disable_cancel_warning=True).action_cancel()
+            elif not order.x_fc_service_id.is_shadow() and order.subscription_state in ("3_progress", "4_paused"):
+                order.set_close()
+            if on_termination_invoice != "skip":
+                order._fc_bill_termination()
+            order._fc_notify("subscription.terminated")
+        return True
+
+    def _fc_bill_termination(self):
+        """Bill the usage of the period cut short by termination (usage billing hooks in here)."""
+        return self.env["fusion.billing.usage"]
+
+    def _api_values(self, with_plan=False):
+        self.ensure_one()
+        plan = self.plan_id
+        now = fields.Datetime.now()
+        status = self._api_status()
+        period_start, period_end = self._fc_period(min(now, self.x_fc_terminated_at or now)) \
+            if status in ("active", "terminated") else (None, None)
+        start = datetime.combine(self._fc_anchor(), time.min)
+        values = {
+            "lago_id": str(self.id),
+            "external_id": self.x_fc_external_id,
+            "lago_customer_id": str(self.x_fc_account_link_id.id),
+            "external_customer_id": self.x_fc_account_link_id.external_id,
+            "name": self.client_order_ref or plan.name,
+            "plan_code": plan.x_fc_plan_code,
+            "plan_amount_cents": plan._fc_amount_cents(),
+            "plan_amount_currency": plan._fc_currency().name,
+            "status": status,
+            "billing_time": "anniversary",
+            "subscription_at": start,
+            "started_at": start if status != "pending" else None,
+            "trial_ended_at": None,
+            "ending_at": datetime.combine(self.end_date, time.min) if self.end_date else None,
+            "terminated_at": self.x_fc_terminated_at if status == "terminated" else None,
+            "canceled_at": self.x_fc_terminated_at if status == "canceled" else None,
+            "created_at": self.create_date,
+            "previous_plan_code": self.x_fc_previous_plan_code or None,
+            "next_plan_code": None,
+            "downgrade_plan_date": None,
+            "current_billing_period_started_at": datetime.combine(period_start, time.min) if period_start else None,
+            "current_billing_period_ending_at": datetime.combine(period_end, time.min) if period_end else None,
+        }
+        if with_plan:
+            values["plan"] = plan._api_values()
+        return values
+
+    def _fc_notify(self, webhook_type):
+        """Hook for outbound webhooks (see fusion.billing.webhook)."""
+        webhooks = self.env["fusion.billing.webhook"]
+        if hasattr(webhooks, "_enqueue"):
+            for order in self:
+                webhooks._enqueue(order.x_fc_service_id, webhook_type, order)

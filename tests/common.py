@@ -1,8 +1,10 @@
+import json
+
 from odoo import Command
-from odoo.tests import TransactionCase, new_test_user
+from odoo.tests import HttpCase, TransactionCase, new_test_user
 
 
-class FusionBillingCase(TransactionCase):
+class FusionBillingFixtures:
     """Shared fixtures: a CAD service with a metric, a catalog plan with a usage charge,
     and users of each Fusion Billing group."""
 
@@ -45,9 +47,42 @@ class FusionBillingCase(TransactionCase):
         plan = plan or cls.plan
         return cls.env["sale.order"].create({
             "partner_id": (partner or cls.partner).id,
+            "pricelist_id": (service or cls.service)._fc_pricelist().id,
             "plan_id": plan.id,
             "x_fc_service_id": (service or cls.service).id,
             "x_fc_external_id": external_id,
             "order_line": [Command.create({"product_id": plan.x_fc_product_id.id, "price_unit": plan.x_fc_amount})],
             **values,
         })
+
+    @classmethod
+    def _api_key(cls, service):
+        return service.with_user(cls.billing_admin).action_generate_api_key()["context"]["default_key"]
+
+
+class FusionBillingCase(FusionBillingFixtures, TransactionCase):
+    """ORM-level tests."""
+
+
+class FusionBillingApiCase(FusionBillingFixtures, HttpCase):
+    """HTTP tests of the Lago-compatible API, authenticated with a fresh key of ``service``."""
+
+    API = "/api/billing/v1"
+    API_PY = "/api/billing/api/v1"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.plaintext = cls._api_key(cls.service)
+        cls.auth = {"Authorization": f"Bearer {cls.plaintext}"}
+
+    def api(self, method, path, body=None, params=None, key=None):
+        headers = {"Authorization": f"Bearer {key or self.plaintext}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        response = self.url_open(f"{self.API}/{path}", data=data, headers=headers, params=params,
+                                 method=method, timeout=30)
+        self.env.invalidate_all()
+        return response

@@ -1,0 +1,348 @@
+"""Lago-compatible REST API: ``/api/billing/v1/*`` (JS client) and ``/api/billing/api/v1/*`` (Python client).
+
+Thin transport: authenticate the bearer key, parse and validate with ``core.lago``, call
+the models, serialise with ``core.lago``. Every answer, including unknown routes and
+crashes, is a Lago JSON envelope; an error rolls the whole request back.
+"""
+import logging
+import re
+from datetime import datetime, timezone
+
+from psycopg2 import errorcodes
+from werkzeug.exceptions import HTTPException
+
+from odoo import SUPERUSER_ID, http
+from odoo.exceptions import UserError, ValidationError
+from odoo.http import request
+from odoo.modules.module import get_manifest
+
+from ..core import keys, lago
+from ..models.fusion_billing_event import IngestConflict
+from . import openapi
+
+_logger = logging.getLogger(__name__)
+
+PREFIXES = ("/api/billing/v1", "/api/billing/api/v1")
+MAX_BODY_BYTES = 1024 * 1024
+# Concurrency errors Odoo retries itself (it replays the whole request on a fresh transaction).
+RETRYABLE_PGCODES = {errorcodes.SERIALIZATION_FAILURE, errorcodes.DEADLOCK_DETECTED,
+                     errorcodes.LOCK_NOT_AVAILABLE}
+
+
+class LagoResponse(HTTPException):
+    """Carries a Lago error envelope through Odoo's dispatcher, which rolls the transaction back."""
+
+    def __init__(self, error):
+        super().__init__(response=json_response(error.body, error.status))
+        self.code = error.status
+
+
+class Router:
+    """(verb, 'customers/<external_id>/current_usage') → handler name; matching is by segment."""
+
+    def __init__(self, table):
+        self.routes = [(verb, self._compile(pattern), handler) for verb, pattern, handler in table]
+
+    @staticmethod
+    def _compile(pattern):
+        regex = re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", pattern)
+        return re.compile(f"^{regex}$")
+
+    def match(self, verb, path):
+        """Return (handler, kwargs); raise 404 for unknown paths, 405 for a known path and another verb."""
+        path_known = False
+        for route_verb, regex, handler in self.routes:
+            found = regex.match(path)
+            if found:
+                path_known = True
+                if route_verb == verb:
+                    return handler, found.groupdict()
+        if path_known:
+            raise lago.method_not_allowed("method_not_allowed")
+        raise lago.not_found("resource")
+
+
+ROUTER = Router([
+    ("GET", "health", "health"),
+    ("GET", "openapi.json", "openapi"),
+    ("POST", "customers", "customer_upsert"),
+    ("GET", "customers", "customer_list"),
+    ("GET", "customers/<external_id>", "customer_find"),
+    ("DELETE", "customers/<external_id>", "customer_delete"),
+    ("GET", "customers/<external_id>/current_usage", "customer_current_usage"),
+    ("GET", "customers/<external_id>/past_usage", "customer_past_usage"),
+    ("GET", "customers/<external_id>/invoices", "customer_invoices"),
+    ("POST", "subscriptions", "subscription_create"),
+    ("GET", "subscriptions", "subscription_list"),
+    ("GET", "subscriptions/<external_id>", "subscription_find"),
+    ("DELETE", "subscriptions/<external_id>", "subscription_terminate"),
+    ("POST", "events", "event_create"),
+    ("POST", "events/batch", "event_batch"),
+    ("GET", "events", "event_list"),
+    ("GET", "events/<transaction_id>", "event_find"),
+    ("GET", "plans", "plan_list"),
+    ("GET", "plans/<code>", "plan_find"),
+    ("GET", "billable_metrics", "metric_list"),
+    ("GET", "billable_metrics/<code>", "metric_find"),
+    ("GET", "invoices", "invoice_list"),
+    ("GET", "invoices/<lago_id>", "invoice_find"),
+    ("POST", "invoices/<lago_id>/download", "invoice_download"),
+])
+PUBLIC_HANDLERS = {"health", "openapi"}
+
+
+class BillingApi(http.Controller):
+
+    @http.route([f"{prefix}/<path:subpath>" for prefix in PREFIXES] + list(PREFIXES),
+                type="http", auth="none", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                csrf=False, save_session=False, readonly=False)
+    def dispatch(self, subpath="", **_query):
+        try:
+            handler, kwargs = ROUTER.match(request.httprequest.method, subpath.strip("/"))
+            service = None if handler in PUBLIC_HANDLERS else self._authenticate()
+            body = getattr(self, handler)(service, **kwargs)
+            return json_response(body)
+        except lago.LagoError as error:
+            raise LagoResponse(error) from None
+        except IngestConflict as conflict:
+            raise LagoResponse(lago.validation(conflict_details(conflict))) from None
+        except (UserError, ValidationError) as error:
+            raise LagoResponse(lago.validation({"base": [str(error.args[0] if error.args else error)]})) from None
+        except Exception as error:
+            if getattr(error, "pgcode", None) in RETRYABLE_PGCODES:
+                raise  # Odoo retries the request
+            _logger.exception("Billing API crashed on %s %s", request.httprequest.method, subpath)
+            raise LagoResponse(lago.LagoError(500, {"status": 500, "error": "Internal Server Error"})) from None
+
+    # ------------------------------------------------------------------ plumbing
+    def _authenticate(self):
+        token = keys.bearer_token(request.httprequest.headers.get("Authorization"))
+        request.update_env(user=SUPERUSER_ID)
+        service = request.env["fusion.billing.service"]._authenticate(token) if token else None
+        if not service:
+            raise lago.unauthorized()
+        request.update_context(allowed_company_ids=service.company_id.ids)
+        return service.with_env(request.env)
+
+    def _body(self, root):
+        length = request.httprequest.content_length
+        if length and length > MAX_BODY_BYTES:
+            raise lago.payload_too_large()
+        raw = request.httprequest.get_data(cache=False)
+        return lago.require_root(lago.parse_json(raw, max_bytes=MAX_BODY_BYTES), root)
+
+    def _query(self):
+        return request.httprequest.args
+
+    def _page(self, model, domain, serialise, root, order=None):
+        page, per_page = lago.parse_pagination(self._query().to_dict(flat=False))
+        total = model.search_count(domain)
+        records = model.search(domain, offset=(page - 1) * per_page, limit=per_page, order=order)
+        return {root: [serialise(record) for record in records], "meta": lago.meta(page, per_page, total)}
+
+    def _customer(self, service, external_id):
+        link = request.env["fusion.billing.account.link"]._api_find(service, external_id)
+        if not link:
+            raise lago.not_found("customer")
+        return link
+
+    # ------------------------------------------------------------------ public
+    def health(self, _service):
+        return {"status": "ok", "version": get_manifest("fusion_centralize_billing")["version"]}
+
+    def openapi(self, _service):
+        return openapi.document(request.httprequest.path.rsplit("/", 1)[0])
+
+    # ------------------------------------------------------------------ customers
+    def customer_upsert(self, service):
+        clean = lago.validate_customer(self._body("customer"))
+        link = request.env["fusion.billing.account.link"]._api_upsert(service, clean)
+        return {"customer": lago.customer(link._api_values())}
+
+    def customer_list(self, service):
+        domain = [("service_id", "=", service.id)]
+        query = self._query()
+        if query.get("external_id"):
+            domain.append(("external_id", "=", query["external_id"]))
+        if query.get("search_term"):
+            term = query["search_term"]
+            domain += ["|", "|", ("external_id", "ilike", term), ("partner_id.name", "ilike", term), ("email", "ilike", term)]
+        return self._page(request.env["fusion.billing.account.link"], domain,
+                          lambda link: lago.customer(link._api_values()), "customers", order="id")
+
+    def customer_find(self, service, external_id):
+        return {"customer": lago.customer(self._customer(service, external_id)._api_values())}
+
+    def customer_delete(self, service, external_id):
+        link = self._customer(service, external_id)
+        values = link._api_delete()
+        return {"customer": lago.customer(values)}
+
+    def customer_current_usage(self, service, external_id):
+        link = self._customer(service, external_id)
+        subscription = self._active_subscription_of(service, link)
+        usage = subscription._fc_usage_values(apply_taxes=self._query().get("apply_taxes", "true") != "false")
+        return {"customer_usage": lago.customer_usage(usage)}
+
+    def customer_past_usage(self, service, external_id):
+        link = self._customer(service, external_id)
+        subscription = self._active_subscription_of(service, link, include_terminated=True)
+        query = self._query()
+        page, per_page = lago.parse_pagination(query.to_dict(flat=False))
+        periods = subscription._fc_past_usage_values(
+            metric_code=query.get("billable_metric_code"), periods_count=query.get("periods_count"))
+        chunk = periods[(page - 1) * per_page: page * per_page]
+        return {"usage_periods": [lago.usage_period(p) for p in chunk],
+                "meta": lago.meta(page, per_page, len(periods))}
+
+    def customer_invoices(self, service, external_id):
+        self._customer(service, external_id)
+        return self._invoice_page(service, external_customer_id=external_id)
+
+    def _active_subscription_of(self, service, link, include_terminated=False):
+        external_id = self._query().get("external_subscription_id")
+        if not external_id:
+            raise lago.validation({"external_subscription_id": ["value_is_mandatory"]})
+        subscription = request.env["sale.order"]._api_find(
+            service, external_id, statuses=None if include_terminated else ("active",))
+        if not subscription or subscription.x_fc_account_link_id != link:
+            raise lago.method_not_allowed("no_active_subscription")
+        return subscription
+
+    # ------------------------------------------------------------------ subscriptions
+    def subscription_create(self, service):
+        clean = lago.validate_subscription_create(self._body("subscription"))
+        subscription = request.env["sale.order"]._api_create_subscription(service, clean)
+        return {"subscription": lago.subscription(subscription._api_values(with_plan=True))}
+
+    def subscription_list(self, service):
+        query = self._query()
+        statuses = query.getlist("status[]") or query.getlist("status") or ["active"]
+        domain = request.env["sale.order"]._api_domain(service, statuses=statuses)
+        if query.get("external_customer_id"):
+            domain.append(("x_fc_account_link_id.external_id", "=", query["external_customer_id"]))
+        if query.get("plan_code"):
+            domain.append(("plan_id.x_fc_plan_code", "=", query["plan_code"]))
+        return self._page(request.env["sale.order"], domain,
+                          lambda sub: lago.subscription(sub._api_values()), "subscriptions", order="id")
+
+    def subscription_find(self, service, external_id):
+        status = self._query().get("status") or "active"
+        subscription = request.env["sale.order"]._api_find(service, external_id, statuses=(status,))
+        if not subscription:
+            raise lago.not_found("subscription")
+        return {"subscription": lago.subscription(subscription._api_values(with_plan=True))}
+
+    def subscription_terminate(self, service, external_id):
+        query = self._query()
+        status = query.get("status") or "active"
+        subscription = request.env["sale.order"]._api_find(service, external_id, statuses=(status,))
+        if not subscription:
+            raise lago.not_found("subscription")
+        subscription._api_terminate(on_termination_invoice=query.get("on_termination_invoice") or "generate")
+        return {"subscription": lago.subscription(subscription._api_values(with_plan=True))}
+
+    # ------------------------------------------------------------------ events
+    def event_create(self, service):
+        clean = lago.validate_event(self._body("event"), now=_now())
+        try:
+            event = request.env["fusion.billing.event"]._ingest(service, [clean])
+        except IngestConflict:
+            raise IngestConflict(None) from None
+        return {"event": lago.event(event._api_values())}
+
+    def event_batch(self, service):
+        length = request.httprequest.content_length
+        if length and length > MAX_BODY_BYTES:
+            raise lago.payload_too_large()
+        payload = lago.parse_json(request.httprequest.get_data(cache=False), max_bytes=MAX_BODY_BYTES)
+        cleaned = lago.validate_batch(payload, now=_now())
+        events = request.env["fusion.billing.event"]._ingest(service, cleaned)
+        return {"events": [lago.event(event._api_values()) for event in events]}
+
+    def event_list(self, service):
+        query = self._query()
+        domain = [("service_id", "=", service.id)]
+        for field in ("external_subscription_id", "code"):
+            if query.get(field):
+                domain.append((field, "=", query[field]))
+        if query.get("status"):  # our extension: status=unbillable lists events that bill nothing
+            domain.append(("state", "!=", "processed") if query["status"] == "unbillable" else ("state", "=", query["status"]))
+        for bound, operator in (("timestamp_from", ">="), ("timestamp_to", "<=")):
+            if query.get(bound):
+                domain.append(("timestamp", operator, lago.parse_datetime_param(query[bound], bound)))
+        return self._page(request.env["fusion.billing.event"], domain,
+                          lambda e: lago.event(e._api_values()), "events", order="timestamp desc, id desc")
+
+    def event_find(self, service, transaction_id):
+        event = request.env["fusion.billing.event"].search(
+            [("service_id", "=", service.id), ("transaction_id", "=", transaction_id)],
+            order="id desc", limit=1)
+        if not event:
+            raise lago.not_found("event")
+        return {"event": lago.event(event._api_values())}
+
+    # ------------------------------------------------------------------ catalog (read-only)
+    def plan_list(self, service):
+        return self._page(request.env["sale.subscription.plan"], self._plan_domain(service),
+                          lambda plan: lago.plan(plan._api_values()), "plans", order="id")
+
+    def plan_find(self, service, code):
+        plan = request.env["sale.subscription.plan"].search(self._plan_domain(service) + [("x_fc_plan_code", "=", code)], limit=1)
+        if not plan:
+            raise lago.not_found("plan")
+        return {"plan": lago.plan(plan._api_values())}
+
+    def _plan_domain(self, service):
+        return [("x_fc_service_id", "=", service.id), ("x_fc_plan_code", "!=", False)]
+
+    def metric_list(self, service):
+        return self._page(request.env["fusion.billing.metric"], [("service_id", "=", service.id)],
+                          lambda metric: lago.billable_metric(metric._api_values()), "billable_metrics", order="id")
+
+    def metric_find(self, service, code):
+        metric = request.env["fusion.billing.metric"].search(
+            [("service_id", "=", service.id), ("code", "=", code)], limit=1)
+        if not metric:
+            raise lago.not_found("billable_metric")
+        return {"billable_metric": lago.billable_metric(metric._api_values())}
+
+    # ------------------------------------------------------------------ invoices
+    def invoice_list(self, service):
+        return self._invoice_page(service, external_customer_id=self._query().get("external_customer_id"))
+
+    def _invoice_page(self, service, external_customer_id=None):
+        move_model = request.env["account.move"]
+        domain = move_model._api_domain(service, self._query(), external_customer_id)
+        return self._page(move_model, domain, lambda move: lago.invoice(move._api_values()), "invoices",
+                          order="invoice_date desc, id desc")
+
+    def _invoice(self, service, lago_id):
+        move = request.env["account.move"]._api_find(service, lago_id)
+        if not move:
+            raise lago.not_found("invoice")
+        return move
+
+    def invoice_find(self, service, lago_id):
+        return {"invoice": lago.invoice(self._invoice(service, lago_id)._api_values(detailed=True))}
+
+    def invoice_download(self, service, lago_id):
+        move = self._invoice(service, lago_id)
+        if move.state != "posted":
+            raise lago.not_found("invoice")
+        move._api_render_pdf()
+        return {"invoice": lago.invoice(move._api_values(detailed=True))}
+
+
+def json_response(body, status=200):
+    return request.make_response(lago.dumps(body), headers=[("Content-Type", "application/json")], status=status)
+
+
+def conflict_details(conflict):
+    """422 details for a transaction id reused with another payload (single event or batch index)."""
+    return {"transaction_id": ["value_already_exist"]} if conflict.index is None else \
+        {str(conflict.index): {"transaction_id": ["value_already_exist"]}}
+
+
+def _now():
+    return datetime.now(timezone.utc)
