@@ -1,4 +1,5 @@
 import json
+from contextlib import contextmanager
 
 from odoo import Command
 from odoo.tests import HttpCase, TransactionCase, new_test_user
@@ -75,6 +76,14 @@ class FusionBillingApiCase(FusionBillingFixtures, HttpCase):
         super().setUpClass()
         cls.plaintext = cls._api_key(cls.service)
         cls.auth = {"Authorization": f"Bearer {cls.plaintext}"}
+
+    @contextmanager
+    def outside_client(self):
+        """Let clients other than url_open (official Lago client, threads) reach the test server."""
+        self.env.flush_all()
+        with self.allow_requests(all_requests=True):
+            yield
+        self.env.invalidate_all()
 
     def api(self, method, path, body=None, params=None, key=None):
         headers = {"Authorization": f"Bearer {key or self.plaintext}"}
