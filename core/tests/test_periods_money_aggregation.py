@@ -1,0 +1,100 @@
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+
+from core import aggregation, money, periods
+
+D = Decimal
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1, D(1)), ("0.1", D("0.1")), (0.1, D("0.1")), (" 2.50 ", D("2.50")), (D("3"), D(3)),
+])
+def test_to_decimal(value, expected):
+    assert money.to_decimal(value) == expected
+
+
+@pytest.mark.parametrize("value", [None, True, "abc", "NaN", "inf", float("nan"), [1]])
+def test_to_decimal_rejects(value):
+    with pytest.raises(ValueError):
+        money.to_decimal(value)
+
+
+@pytest.mark.parametrize("amount, decimals, cents", [
+    ("12.345", 2, 1235), ("12.344", 2, 1234), ("-0.005", 2, -1), ("7", 0, 7), ("1.2345", 3, 1235),
+])
+def test_minor_units(amount, decimals, cents):
+    assert money.to_minor_units(amount, decimals) == cents
+    assert money.from_minor_units(cents, decimals) == money.round_money(amount, decimals)
+
+
+def test_month_periods_never_drift_from_the_anchor():
+    anchor = date(2026, 1, 31)
+    assert [periods.add_period(anchor, "month", 1, i) for i in range(4)] == [
+        date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30)]
+    assert periods.add_period(date(2024, 2, 29), "year", 1) == date(2025, 2, 28)
+
+
+@pytest.mark.parametrize("anchor, unit, value, at, expected", [
+    (date(2026, 11, 1), "month", 1, date(2026, 11, 1), (date(2026, 11, 1), date(2026, 12, 1))),
+    (date(2026, 11, 1), "month", 1, datetime(2026, 11, 30, 23, 59), (date(2026, 11, 1), date(2026, 12, 1))),
+    (date(2026, 11, 1), "month", 1, date(2026, 12, 1), (date(2026, 12, 1), date(2027, 1, 1))),
+    (date(2026, 1, 31), "month", 1, date(2026, 3, 30), (date(2026, 2, 28), date(2026, 3, 31))),
+    (date(2026, 1, 15), "month", 3, date(2026, 7, 14), (date(2026, 4, 15), date(2026, 7, 15))),
+    (date(2026, 3, 10), "year", 1, date(2028, 3, 9), (date(2027, 3, 10), date(2028, 3, 10))),
+    (date(2026, 1, 1), "week", 2, date(2026, 1, 20), (date(2026, 1, 15), date(2026, 1, 29))),
+    (date(2026, 11, 1), "month", 1, date(2026, 10, 20), (date(2026, 11, 1), date(2026, 12, 1))),
+])
+def test_period_bounds(anchor, unit, value, at, expected):
+    assert periods.period_bounds(anchor, unit, value, at) == expected
+
+
+def test_periods_between_and_bad_units():
+    assert list(periods.periods_between(date(2026, 1, 1), "month", 1, date(2026, 2, 15), date(2026, 4, 1))) == [
+        (date(2026, 2, 1), date(2026, 3, 1)), (date(2026, 3, 1), date(2026, 4, 1))]
+    with pytest.raises(ValueError):
+        periods.add_period(date(2026, 1, 1), "fortnight", 1)
+    with pytest.raises(ValueError):
+        periods.period_bounds(date(2026, 1, 1), "month", 0, date(2026, 1, 1))
+
+
+def _events(*values, field="gb"):
+    return [{"transaction_id": f"t{i}", "timestamp": i, "properties": {field: v}} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("count", 4), ("sum", D("16.5")), ("max", 10), ("latest", D("0.5")), ("unique_count", 4),
+])
+def test_aggregations(kind, expected):
+    result = aggregation.aggregate(kind, _events(1, 10, 5, "0.5"), "gb")
+    assert result.units == D(str(expected))
+    assert result.events_count == 4
+    if kind == "unique_count":
+        assert aggregation.aggregate(kind, _events("a", "b", "a"), "gb").units == 2
+
+
+def test_latest_breaks_timestamp_ties_by_arrival():
+    events = [{"timestamp": 5, "properties": {"v": 1}}, {"timestamp": 5, "properties": {"v": 2}},
+              {"timestamp": 4, "properties": {"v": 9}}]
+    assert aggregation.aggregate("latest", events, "v").units == 2
+
+
+@pytest.mark.parametrize("kind", ["sum", "max", "latest"])
+def test_aggregate_push_equals_event_stream(kind):
+    """An app pushing one period counter gets the same units as one event per occurrence."""
+    stream = _events(3, 4, 5)
+    expected = aggregation.aggregate(kind, stream, "gb").units
+    push = _events(expected)
+    assert aggregation.aggregate(kind, push, "gb").units == expected
+
+
+def test_invalid_properties_are_reported_not_zeroed():
+    events = _events(1, None, "abc", 2) + [{"transaction_id": "t9", "timestamp": 9, "properties": {}}]
+    result = aggregation.aggregate("sum", events, "gb")
+    assert (result.units, result.events_count) == (3, 2)
+    assert result.invalid == ("t1", "t2", "t9")
+    assert aggregation.aggregate("count", events).units == 5
+    assert aggregation.aggregate("sum", [], "gb").units == 0
+    with pytest.raises(ValueError):
+        aggregation.aggregate("median", events, "gb")
