@@ -19,6 +19,7 @@
         "security/fusion_billing_security.xml",
         "security/ir.model.access.csv",
         "data/fusion_billing_data.xml",
+        "data/fusion_billing_cron.xml",
         "views/fusion_billing_service_views.xml",
         "views/fusion_billing_api_key_views.xml",
         "views/fusion_billing_account_link_views.xml",

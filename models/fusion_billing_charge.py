@@ -108,6 +108,16 @@ class FusionBillingCharge(models.Model):
             included_units=self.included_quantity, events_count=events_count,
             event_amounts=event_amounts, decimals=self.currency_id.decimal_places)
 
+    def _fc_invoice_label(self, rating, first_day, last_day):
+        """Invoice line text: metric, units, included quota and period."""
+        self.ensure_one()
+        uom = self.metric_id.uom_id.name or self.metric_id.code
+        label = self.invoice_display_name or self.metric_id.name
+        return self.env._(
+            "%(label)s: %(units)s %(uom)s used, %(included)s included, %(billable)s billed (%(first)s to %(last)s)",
+            label=label, units=_fmt(rating.units), uom=uom, included=_fmt(rating.included_units),
+            billable=_fmt(rating.billable_units), first=first_day, last=last_day)
+
     def _api_values(self):
         self.ensure_one()
         properties = dict(self.properties or {})
@@ -131,3 +141,7 @@ class FusionBillingCharge(models.Model):
             "filters": [],
             "taxes": [],
         }
+
+
+def _fmt(number):
+    return format(number.normalize(), "f")

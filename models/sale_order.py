@@ -1,6 +1,10 @@
-from datetime import datetime, time
+from html import escape
+from datetime import datetime, time, timedelta
+
+from markupsafe import Markup
 
 from odoo import Command, api, fields, models
+from odoo.modules import module
 
 from ..core import lago, money, periods
 
@@ -24,12 +28,50 @@ class SaleOrder(models.Model):
     x_fc_terminated_at = fields.Datetime(string="Terminated At", copy=False)
     x_fc_previous_plan_code = fields.Char(string="Previous Plan Code", copy=False)
     x_fc_usage_ids = fields.One2many("fusion.billing.usage", "subscription_id", string="Usage")
+    x_fc_current_usage_html = fields.Html(
+        string="Current Usage", compute="_compute_x_fc_current_usage_html", sanitize=False,
+        help="The open period's usage rated live, as the app's current_usage call and the invoice show it.")
+    x_fc_usage_closed_until = fields.Date(
+        string="Usage Closed Until", copy=False,
+        help="Usage periods starting before this date are closed (billed, or recorded in shadow).")
+    x_fc_usage_due_date = fields.Date(
+        string="Next Usage Close", compute="_compute_x_fc_usage_due_date", store=True, index="btree_not_null",
+        help="End of the first open usage period: the period-close cron bills it from that day.")
 
     _x_fc_external_uniq = models.UniqueIndex(
         "(x_fc_service_id, x_fc_external_id) WHERE x_fc_external_id IS NOT NULL AND x_fc_terminated_at IS NULL",
         "This app already has a live subscription with that external id.")
 
+    def _compute_x_fc_current_usage_html(self):
+        for order in self:
+            if not (order.x_fc_service_id and order.plan_id and order.id):
+                order.x_fc_current_usage_html = False
+                continue
+            values = order._fc_usage_values()
+            rows = "".join(
+                f"<tr><td>{escape(c['billable_metric']['name'])}</td><td class='text-end'>{lago.units(c['units'])}</td>"
+                f"<td class='text-end'>{c['events_count']}</td>"
+                f"<td class='text-end'>{money.from_minor_units(c['amount_cents'], order.currency_id.decimal_places)}</td></tr>"
+                for c in values["charges_usage"])
+            total = money.from_minor_units(values["amount_cents"], order.currency_id.decimal_places)
+            order.x_fc_current_usage_html = Markup(
+                f"<p>{values['from_datetime']:%Y-%m-%d} to {values['to_datetime']:%Y-%m-%d} ({values['currency']})</p>"
+                "<table class='table table-sm'><thead><tr><th>Metric</th><th class='text-end'>Units</th>"
+                f"<th class='text-end'>Events</th><th class='text-end'>Amount</th></tr></thead><tbody>{rows}</tbody>"
+                f"<tfoot><tr><th colspan='3'>Total before tax</th><th class='text-end'>{total}</th></tr></tfoot></table>")
+
     # ------------------------------------------------------------------ periods
+    @api.depends("x_fc_service_id", "plan_id", "start_date", "x_fc_usage_closed_until", "x_fc_terminated_at", "state")
+    def _compute_x_fc_usage_due_date(self):
+        for order in self:
+            if not (order.x_fc_service_id and order.plan_id and order.is_subscription) or order.state == "cancel":
+                order.x_fc_usage_due_date = False
+                continue
+            _start, end = order._fc_period(order.x_fc_usage_closed_until or order._fc_anchor())
+            ended = order.x_fc_terminated_at
+            order.x_fc_usage_due_date = False if ended and order.x_fc_usage_closed_until and \
+                order.x_fc_usage_closed_until > ended.date() else end
+
     def _fc_anchor(self):
         self.ensure_one()
         return self.start_date or self.date_order.date()
@@ -210,8 +252,92 @@ class SaleOrder(models.Model):
         return True
 
     def _fc_bill_termination(self):
-        """Bill the usage of the period cut short by termination (usage billing hooks in here)."""
-        return self.env["fusion.billing.usage"]
+        """Close the period cut short by termination now (as Lago bills a terminated subscription at once)."""
+        for order in self.filtered("x_fc_usage_due_date"):
+            order._fc_close_due_periods(until=fields.Date.context_today(order), include_current=True)
+
+    # ------------------------------------------------------------------ period close
+    @api.model
+    def _cron_close_usage_periods(self, batch_size=200):
+        """Close every usage period that has ended, subscription by subscription.
+
+        Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several workers share the work
+        without ever closing one subscription twice; each batch commits, so a crash
+        resumes where it stopped and never bills a period twice.
+        """
+        today = fields.Date.context_today(self)
+        while True:
+            self.flush_model(["x_fc_usage_due_date"])
+            self.env.cr.execute("""
+                SELECT id FROM sale_order
+                 WHERE x_fc_usage_due_date <= %s
+                 ORDER BY x_fc_usage_due_date, id
+                 LIMIT %s FOR UPDATE SKIP LOCKED""", (today, batch_size))
+            orders = self.browse([row[0] for row in self.env.cr.fetchall()])
+            if not orders:
+                return
+            for order in orders:
+                order._fc_close_due_periods(until=today)
+            if module.current_test:
+                continue  # a test runs in one transaction that must not be committed
+            if not self.env["ir.cron"]._commit_progress(len(orders)):
+                return  # out of time: the next run resumes here
+
+    def _fc_close_due_periods(self, until, include_current=False):
+        """Close this subscription's periods that ended by ``until`` (and the current one if asked)."""
+        self.ensure_one()
+        moves = self.env["account.move"]
+        while self.x_fc_usage_due_date and (self.x_fc_usage_due_date <= until or include_current):
+            start, end = self._fc_period(self.x_fc_usage_closed_until or self._fc_anchor())
+            moves |= self._fc_close_period(start, end)
+            self.x_fc_usage_closed_until = end
+            include_current = False
+        return moves
+
+    def _fc_close_period(self, start, end):
+        """Rate one period; in live mode bill it on this service's own invoice, in shadow only record it.
+
+        Returns the (posted) usage invoice, or an empty recordset.
+        """
+        self.ensure_one()
+        rated = self._fc_rated_usage(start)
+        usage_model = self.env["fusion.billing.usage"]
+        for charge, usage, rating in rated:
+            if not usage:
+                usage = usage_model.create({"subscription_id": self.id, "metric_id": charge.metric_id.id,
+                                            "period_start": start, "period_end": end})
+            usage.write({"amount": float(rating.amount), "state": "closed"})
+        billable = [(charge, usage, rating) for charge, usage, rating in rated if rating.amount_minor]
+        if self.x_fc_service_id.is_shadow() or not billable:
+            return self.env["account.move"]
+        return self._fc_invoice_usage(start, end, billable)
+
+    def _fc_invoice_usage(self, start, end, rated):
+        """One invoice for this service's usage, built the native way from usage order lines."""
+        last_day = end - timedelta(days=1)
+        billed = []
+        for charge, usage, rating in rated:
+            product = charge.product_id or self.env.ref("fusion_centralize_billing.product_metered_usage")
+            billed.append((usage, self.env["sale.order.line"].create({
+                "order_id": self.id,
+                "product_id": product.id,
+                "name": charge._fc_invoice_label(rating, start, last_day),
+                "product_uom_qty": 1,
+                "price_unit": float(rating.amount),
+                "sequence": 1000,
+            })))
+        move_values = self._prepare_invoice()
+        move_values.update({
+            "x_fc_service_id": self.x_fc_service_id.id,
+            "invoice_date": end if end <= fields.Date.context_today(self) else fields.Date.context_today(self),
+            "invoice_line_ids": [Command.create(line._prepare_invoice_line(quantity=1)) for _usage, line in billed],
+        })
+        move = self.env["account.move"].sudo().with_company(self.company_id).create(move_values)
+        for usage, order_line in billed:
+            invoice_line = move.invoice_line_ids.filtered(lambda line: order_line in line.sale_line_ids)
+            usage.write({"state": "billed", "invoice_line_id": invoice_line.id})
+        move.action_post()
+        return move
 
     def _api_values(self, with_plan=False):
         self.ensure_one()

@@ -1,3 +1,4 @@
 from . import test_foundation
 from . import test_security
 from . import test_api
+from . import test_usage_billing

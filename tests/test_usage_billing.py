@@ -1,0 +1,137 @@
+from datetime import date, datetime, timezone
+
+from freezegun import freeze_time
+
+from odoo.tests import tagged
+
+from .common import FusionBillingApiCase
+
+
+def ts(*args):
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+
+
+@tagged("post_install", "-at_install")
+class TestUsageBilling(FusionBillingApiCase):
+    """Usage pushed through the API → period close → the service's own invoice, with HST."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.hst = cls.env["account.tax"].create({
+            "name": "HST 13%", "amount": 13, "amount_type": "percent", "type_tax_use": "sale",
+            "company_id": cls.env.company.id})
+        cls.usage_product = cls.env["product.product"].create({
+            "name": "NexaCloud usage", "type": "service", "taxes_id": [(6, 0, cls.hst.ids)]})
+        cls.base_product.taxes_id = [(6, 0, cls.hst.ids)]
+        cls.charge.product_id = cls.usage_product
+        cls.metric_calls = cls.env["fusion.billing.metric"].create({
+            "service_id": cls.service.id, "name": "API calls", "code": "api_calls", "aggregation": "count"})
+        cls.env["fusion.billing.charge"].create({
+            "service_id": cls.service.id, "plan_id": cls.plan.id, "plan_code": "pro", "metric_id": cls.metric_calls.id,
+            "charge_model": "package", "properties": {"amount": "2", "package_size": 2, "free_units": 0},
+            "product_id": cls.usage_product.id,
+        })
+
+    def _subscribe(self, external_id="sub_jan"):
+        response = self.api("POST", "subscriptions", {"subscription": {
+            "external_customer_id": "cus_jan", "plan_code": "pro", "external_id": external_id,
+            "subscription_at": "2025-01-01T00:00:00Z"}})
+        self.assertEqual(response.status_code, 200, response.text)
+        return self.env["sale.order"].browse(int(response.json()["subscription"]["lago_id"]))
+
+    def _push_january(self, external_id="sub_jan"):
+        events = [{"transaction_id": f"bw{i}", "external_subscription_id": external_id, "code": "bandwidth_gb",
+                   "timestamp": ts(2025, 1, 10 + i), "properties": {"gb": gb}} for i, gb in enumerate((100, "120.5", "29.5"))]
+        events += [{"transaction_id": f"call{i}", "external_subscription_id": external_id, "code": "api_calls",
+                    "timestamp": ts(2025, 1, 20, 12, i)} for i in range(5)]
+        self.assertEqual(self.api("POST", "events/batch", {"events": events}).status_code, 200)
+
+    def _close(self, day):
+        with freeze_time(day):
+            self.env["sale.order"]._cron_close_usage_periods()
+        self.env.invalidate_all()
+
+    def _usage_invoices(self, order):
+        return self.env["account.move"].search([("x_fc_service_id", "=", self.service.id),
+                                                ("partner_id", "=", order.partner_id.id)])
+
+    def test_live_period_close_bills_usage_with_hst_to_the_cent(self):
+        self.service.billing_mode = "live"
+        order = self._subscribe()
+        self._push_january()
+        with freeze_time("2025-01-25"):
+            usage = order._fc_usage_values()
+        # bandwidth 250 GB: 100 included, 150 × 0.05 = 7.50; 5 calls → 3 packages of 2 × 2.00 = 6.00
+        self.assertEqual([c["amount_cents"] for c in usage["charges_usage"]], [750, 600])
+        self.assertEqual((usage["amount_cents"], usage["taxes_amount_cents"]), (1350, 176))
+
+        self._close("2025-02-01 06:00:00")
+        invoice = self._usage_invoices(order)
+        self.assertEqual(len(invoice), 1)
+        self.assertEqual(invoice.state, "posted")
+        self.assertEqual(invoice.x_fc_service_id, self.service)
+        self.assertEqual(invoice.invoice_date, date(2025, 2, 1))
+        self.assertEqual(invoice.invoice_origin, order.name)
+        lines = invoice.invoice_line_ids.sorted("price_subtotal", reverse=True)
+        self.assertEqual(lines.mapped("price_subtotal"), [7.5, 6.0])
+        self.assertIn("Bandwidth: 250 bandwidth_gb used, 100 included, 150 billed (2025-01-01 to 2025-01-31)",
+                      lines[0].name)
+        self.assertEqual(lines.tax_ids, self.hst)
+        self.assertEqual((invoice.amount_untaxed, invoice.amount_tax, invoice.amount_total), (13.5, 1.76, 15.26))
+        self.assertEqual(invoice.currency_id.name, "CAD")
+        self.assertTrue(all(line.sale_line_ids.order_id == order for line in lines), "sale links kept")
+        rows = order.x_fc_usage_ids.filtered(lambda u: u.period_start == date(2025, 1, 1))
+        self.assertEqual(set(rows.mapped("state")), {"billed"})
+        self.assertEqual(sorted(rows.mapped("amount")), [6.0, 7.5])
+        self.assertEqual(order.x_fc_usage_closed_until, date(2025, 2, 1))
+
+        # Closing again bills nothing twice.
+        self._close("2025-02-01 07:00:00")
+        self.assertEqual(len(self._usage_invoices(order)), 1)
+
+        # A late event for the billed period is kept and reported, not silently added.
+        late = self.api("POST", "events", {"event": {"transaction_id": "late", "external_subscription_id": "sub_jan",
+                                                     "code": "bandwidth_gb", "timestamp": ts(2025, 1, 31),
+                                                     "properties": {"gb": 5}}})
+        self.assertEqual(late.json()["event"]["status"], "late")
+        self.assertEqual(rows.filtered(lambda u: u.metric_id == self.metric_bandwidth).quantity, 250)
+
+        # The API lists the invoice in Lago's shape.
+        listed = self.api("GET", "invoices", params={"external_customer_id": "cus_jan"}).json()
+        self.assertEqual([(i["total_amount_cents"], i["taxes_amount_cents"], i["status"]) for i in listed["invoices"]],
+                         [(1526, 176, "finalized")])
+        found = self.api("GET", f"invoices/{invoice.id}").json()["invoice"]
+        self.assertEqual(sorted(fee["amount_cents"] for fee in found["fees"]), [600, 750])
+        downloaded = self.api("POST", f"invoices/{invoice.id}/download").json()["invoice"]
+        self.assertIn("/my/invoices/", downloaded["file_url"])
+        self.assertEqual(self.api("GET", "invoices/999999").status_code, 404)
+
+    def test_shadow_mode_records_everything_and_creates_nothing_postable(self):
+        order = self._subscribe("sub_shadow")
+        self._push_january("sub_shadow")
+        self._close("2025-02-01 06:00:00")
+        self.assertFalse(self._usage_invoices(order))
+        self.assertEqual(order.state, "draft")
+        rows = order.x_fc_usage_ids.filtered(lambda u: u.period_start == date(2025, 1, 1))
+        self.assertEqual((set(rows.mapped("state")), sorted(rows.mapped("amount"))), ({"closed"}, [6.0, 7.5]))
+        self.assertFalse(order.order_line.filtered(lambda line: line.sequence == 1000))
+
+    def test_periods_without_usage_are_closed_too(self):
+        self.service.billing_mode = "live"
+        order = self._subscribe("sub_quiet")
+        self._close("2025-03-05")
+        self.assertEqual(order.x_fc_usage_closed_until, date(2025, 3, 1))
+        self.assertFalse(self._usage_invoices(order), "nothing to bill, nothing invoiced")
+        self.assertEqual(len(order.x_fc_usage_ids), 4, "two periods × two charges recorded at 0")
+
+    def test_termination_bills_the_cut_short_period(self):
+        self.service.billing_mode = "live"
+        order = self._subscribe("sub_term")
+        with freeze_time("2025-01-25"):
+            self._push_january("sub_term")
+            self.api("DELETE", "subscriptions/sub_term")
+        self.assertEqual(len(self._usage_invoices(order)), 1)
+        self.assertFalse(order.x_fc_usage_due_date, "nothing left to close")
+        self._close("2025-02-02")
+        self.assertEqual(len(self._usage_invoices(order)), 1)
