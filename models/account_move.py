@@ -12,7 +12,36 @@ class AccountMove(models.Model):
 
     x_fc_service_id = fields.Many2one(
         "fusion.billing.service", string="Billing Service", index="btree_not_null", copy=False,
-        help="The app this invoice bills (one invoice per service).")
+        compute="_compute_x_fc_service_id", store=True, readonly=False,
+        help="The app this invoice bills (one invoice per service); native subscription invoices get it "
+             "from their subscription.")
+    x_fc_overdue_notified = fields.Boolean(copy=False, help="invoice.payment_overdue was sent to the app.")
+
+    @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_service_id")
+    def _compute_x_fc_service_id(self):
+        for move in self:
+            services = move.invoice_line_ids.sale_line_ids.order_id.x_fc_service_id
+            if not move.x_fc_service_id and len(services) == 1:
+                move.x_fc_service_id = services
+
+    # ------------------------------------------------------------------ webhooks
+    def _post(self, soft=True):
+        posted = super()._post(soft=soft)
+        for move in posted.filtered(lambda m: m.x_fc_service_id and m.is_sale_document()):
+            self.env["fusion.billing.webhook"]._enqueue(move.x_fc_service_id, "invoice.created", move)
+        return posted
+
+    @api.depends("amount_residual", "move_type", "state", "company_id", "reconciled_payment_ids.state")
+    def _compute_payment_state(self):
+        before = {move.id: move.payment_state for move in self if move.id and move.x_fc_service_id}
+        super()._compute_payment_state()
+        for move in self.filtered(lambda m: m.id in before and m.state == "posted"):
+            if LAGO_PAYMENT_STATUS.get(move.payment_state) != LAGO_PAYMENT_STATUS.get(before[move.id]):
+                self.env["fusion.billing.webhook"]._enqueue(
+                    move.x_fc_service_id, "invoice.payment_status_updated", move)
+
+    def _fc_webhook_object(self):
+        return lago.invoice(self._api_values(detailed=True))
 
     # ------------------------------------------------------------------ Lago API
     @api.model
@@ -42,9 +71,10 @@ class AccountMove(models.Model):
         return self.search(self._api_domain(service, _NoQuery()) + [("id", "=", int(lago_id))], limit=1)
 
     def _api_render_pdf(self):
-        """Render (and keep) the invoice PDF the native way, so its portal URL serves it."""
+        """Render the invoice PDF the native way (its portal URL serves it) and tell the app."""
         self.ensure_one()
         self.env["ir.actions.report"]._render_qweb_pdf("account.account_invoices", self.ids)
+        self.env["fusion.billing.webhook"]._enqueue(self.x_fc_service_id, "invoice.generated", self)
 
     def _api_values(self, detailed=False):
         self.ensure_one()

@@ -1,5 +1,7 @@
 from odoo import api, fields, models
 
+from ..core import lago
+
 
 def normalise_email(email):
     """Trim + case-fold: how one person's e-mail is compared across apps."""
@@ -159,9 +161,10 @@ class FusionBillingAccountLink(models.Model):
             "updated_at": self.write_date,
         }
 
+    def _fc_webhook_object(self):
+        return lago.customer(self._api_values())
+
     def _fc_notify(self, webhook_type):
-        """Hook for outbound webhooks (see fusion.billing.webhook)."""
-        webhooks = self.env["fusion.billing.webhook"]
-        if hasattr(webhooks, "_enqueue"):
-            for link in self:
-                webhooks._enqueue(link.service_id, webhook_type, link)
+        """Queue an outbound webhook about these records to their app."""
+        for link in self:
+            self.env["fusion.billing.webhook"]._enqueue(link.service_id, webhook_type, link)

@@ -51,6 +51,9 @@ class FusionBillingService(models.Model):
         help="Comma-separated webhook types this app wants (e.g. 'invoice.created,subscription.started'). "
              "Empty: every type.")
 
+    events_errors_until = fields.Datetime(
+        readonly=True, copy=False, help="Unbillable events up to this time were reported in an events.errors webhook.")
+
     api_key_ids = fields.One2many("fusion.billing.api.key", "service_id", string="API Keys")
     account_link_ids = fields.One2many("fusion.billing.account.link", "service_id", string="Customers")
     metric_ids = fields.One2many("fusion.billing.metric", "service_id", string="Billable Metrics")
@@ -73,6 +76,12 @@ class FusionBillingService(models.Model):
     def is_shadow(self):
         self.ensure_one()
         return self.billing_mode == "shadow"
+
+    def _fc_wants_webhook(self, webhook_type):
+        """Whether this app subscribed to ``webhook_type`` (no list = every type)."""
+        self.ensure_one()
+        wanted = {t.strip() for t in (self.webhook_event_types or "").split(",") if t.strip()}
+        return not wanted or webhook_type in wanted
 
     def action_generate_api_key(self):
         """Create a key and show its plaintext once; only its hash is stored."""

@@ -39,6 +39,8 @@ class FusionBillingUsage(models.Model):
     amount = fields.Monetary(currency_field="currency_id", help="Rated amount of the period, before tax.")
     currency_id = fields.Many2one(related="subscription_id.currency_id")
     invoice_line_id = fields.Many2one("account.move.line", readonly=True, copy=False, ondelete="set null")
+    quota_notified = fields.Boolean(
+        readonly=True, copy=False, help="subscription.usage_threshold_reached was sent: the included quota is used up.")
 
     _subscription_metric_period_uniq = models.UniqueIndex(
         "(subscription_id, metric_id, period_start)",
@@ -88,6 +90,7 @@ class FusionBillingUsage(models.Model):
             self.env.cr.execute("UPDATE fusion_billing_event SET usage_id = %s WHERE id IN %s", (row[0], event_ids))
             if metric.aggregation == "unique_count":
                 self._recount_unique(row[0], metric)
+            self.browse(row[0])._fc_check_quota()
         self.invalidate_model()
         self.env["fusion.billing.event"].invalidate_model(["state", "usage_id"])
 
@@ -107,6 +110,24 @@ class FusionBillingUsage(models.Model):
             {"timestamp": (event.timestamp, event.id), "properties": event.properties} for event in events
         ], metric.field_name)
         return result.units, max(event.timestamp for event in events)
+
+    def _fc_check_quota(self):
+        """Send ``subscription.usage_threshold_reached`` once per period when the included quota is used up,
+        the hard-quota signal apps use to gate features (Lago issue #209)."""
+        self.ensure_one()
+        self.invalidate_recordset(["quantity"])
+        charge = self.subscription_id._fc_charges().filtered(lambda c: c.metric_id == self.metric_id)[:1]
+        if not charge.included_quantity or self.quantity < charge.included_quantity:
+            return
+        self.env.cr.execute("UPDATE fusion_billing_usage SET quota_notified = true WHERE id = %s AND NOT "
+                            "COALESCE(quota_notified, false) RETURNING id", (self.id,))
+        if self.env.cr.fetchone():
+            subscription = self.subscription_id
+            obj = subscription._fc_webhook_object()
+            obj["usage_threshold"] = {"billable_metric_code": self.metric_id.code, "included_units": str(
+                charge.included_quantity), "units": str(self.quantity), "period_start": str(self.period_start)}
+            self.env["fusion.billing.webhook"]._enqueue(
+                subscription.x_fc_service_id, "subscription.usage_threshold_reached", subscription, obj=obj)
 
     @api.model
     def _recount_unique(self, usage_id, metric):

@@ -375,9 +375,12 @@ class SaleOrder(models.Model):
             values["plan"] = plan._api_values()
         return values
 
+    def _fc_webhook_object(self):
+        values = lago.subscription(self._api_values(with_plan=True))
+        values["customer"] = self.x_fc_account_link_id._fc_webhook_object() if self.x_fc_account_link_id else None
+        return values
+
     def _fc_notify(self, webhook_type):
-        """Hook for outbound webhooks (see fusion.billing.webhook)."""
-        webhooks = self.env["fusion.billing.webhook"]
-        if hasattr(webhooks, "_enqueue"):
-            for order in self:
-                webhooks._enqueue(order.x_fc_service_id, webhook_type, order)
+        """Queue an outbound webhook about these records to their app."""
+        for order in self:
+            self.env["fusion.billing.webhook"]._enqueue(order.x_fc_service_id, webhook_type, order)
