@@ -33,6 +33,7 @@
         "views/sale_subscription_plan_views.xml",
         "views/res_partner_views.xml",
         "wizards/fusion_billing_api_key_show_views.xml",
+        "wizards/fusion_billing_cutover_wizard_views.xml",
         "views/menus.xml",
     ],
     "installable": True,

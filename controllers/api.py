@@ -87,6 +87,7 @@ ROUTER = Router([
     ("GET", "invoices", "invoice_list"),
     ("GET", "invoices/<lago_id>", "invoice_find"),
     ("POST", "invoices/<lago_id>/download", "invoice_download"),
+    ("POST", "reconciliation/app_bills", "reconciliation_report"),
 ])
 PUBLIC_HANDLERS = {"health", "openapi"}
 
@@ -124,12 +125,14 @@ class BillingApi(http.Controller):
         request.update_context(allowed_company_ids=service.company_id.ids)
         return service.with_env(request.env)
 
-    def _body(self, root):
+    def _json(self):
         length = request.httprequest.content_length
         if length and length > MAX_BODY_BYTES:
             raise lago.payload_too_large()
-        raw = request.httprequest.get_data(cache=False)
-        return lago.require_root(lago.parse_json(raw, max_bytes=MAX_BODY_BYTES), root)
+        return lago.parse_json(request.httprequest.get_data(cache=False), max_bytes=MAX_BODY_BYTES)
+
+    def _body(self, root):
+        return lago.require_root(self._json(), root)
 
     def _query(self):
         return request.httprequest.args
@@ -252,11 +255,7 @@ class BillingApi(http.Controller):
         return {"event": lago.event(event._api_values())}
 
     def event_batch(self, service):
-        length = request.httprequest.content_length
-        if length and length > MAX_BODY_BYTES:
-            raise lago.payload_too_large()
-        payload = lago.parse_json(request.httprequest.get_data(cache=False), max_bytes=MAX_BODY_BYTES)
-        cleaned = lago.validate_batch(payload, now=_now())
+        cleaned = lago.validate_batch(self._json(), now=_now())
         events = request.env["fusion.billing.event"]._ingest(service, cleaned)
         return {"events": [lago.event(event._api_values()) for event in events]}
 
@@ -332,6 +331,16 @@ class BillingApi(http.Controller):
             raise lago.not_found("invoice")
         move._api_render_pdf()
         return {"invoice": lago.invoice(move._api_values(detailed=True))}
+
+
+    # ------------------------------------------------------------------ dual run (extension)
+    def reconciliation_report(self, service):
+        """Amounts the app billed that Odoo cannot derive (e.g. usage Stripe charged)."""
+        bills = self._json().get("app_bills")
+        if not isinstance(bills, list) or not bills:
+            raise lago.validation({"app_bills": ["value_is_mandatory"]})
+        count = request.env["fusion.billing.reconciliation"]._api_report(service, bills)
+        return {"app_bills": {"received": count}}
 
 
 def json_response(body, status=200):

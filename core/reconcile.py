@@ -94,3 +94,34 @@ def summarise(rows):
         "total_odoo": sum((r["odoo_amount"] for r in rows), ZERO),
         "total_app": sum((r["app_amount"] for r in rows), ZERO),
     }
+
+
+def nexacloud_bills(plans, subscriptions, period_start, period_end):
+    """App-side bills derived from NexaCloud's own tables: the plan price of each subscription
+    active in ``[period_start, period_end)``.
+
+    Monthly plans bill their price every period; yearly plans only in the period where their
+    current term starts. Canceled subscriptions count while they were active in the period.
+    Keys are the source subscription ids (as strings); partners are the source user ids.
+    """
+    plans_by_id = {plan["id"]: plan for plan in plans}
+    bills = {}
+    for sub in subscriptions:
+        plan = plans_by_id.get(sub["plan_id"])
+        if not plan or sub["status"] == "incomplete_expired" or _date(sub["created_at"]) >= period_end:
+            continue
+        ended = _date(sub.get("canceled_at"))
+        if sub["status"] == "canceled" and (ended is None or ended < period_start):
+            continue
+        term_start = _date(sub.get("current_period_start"))
+        if plan["interval"] == "year" and not (term_start and period_start <= term_start < period_end):
+            base = ZERO
+        else:
+            base = Decimal(plan["price_cents"]) / 100
+        bills[str(sub["id"])] = Bill(partner_key=str(sub["user_id"]), currency=plan["currency"].strip().upper(),
+                                     plan_code=plan["code"], base_fee=base)
+    return bills
+
+
+def _date(value):
+    return value.date() if hasattr(value, "date") and callable(value.date) else value

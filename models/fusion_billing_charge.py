@@ -108,6 +108,11 @@ class FusionBillingCharge(models.Model):
             included_units=self.included_quantity, events_count=events_count,
             event_amounts=event_amounts, decimals=self.currency_id.decimal_places)
 
+    def _fc_product(self):
+        """Product of this charge's invoice lines (taxes, income account)."""
+        self.ensure_one()
+        return self.product_id or self.env.ref("fusion_centralize_billing.product_metered_usage")
+
     def _fc_invoice_label(self, rating, first_day, last_day):
         """Invoice line text: metric, units, included quota and period."""
         self.ensure_one()

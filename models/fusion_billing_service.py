@@ -1,7 +1,9 @@
 import secrets
 
 from odoo import api, fields, models
-from odoo.exceptions import UserError
+from odoo.exceptions import AccessError, UserError, ValidationError
+
+from ..core import nexacloud, periods, reconcile
 
 
 class FusionBillingService(models.Model):
@@ -127,6 +129,90 @@ class FusionBillingService(models.Model):
         return pricelist_model.search(domain, limit=1) or pricelist_model.create({
             "name": f"{self.name} ({self.currency_id.name})", "currency_id": self.currency_id.id,
             "company_id": self.company_id.id})
+
+    # ------------------------------------------------------------------ dual run and cutover
+    def _fc_check_manager(self):
+        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_manager"):
+            raise AccessError(self.env._("Only Fusion Billing administrators can change a service's billing mode."))
+
+    def _fc_source_bills(self, period_start, period_end):
+        """App-side bills derived read-only from the app's own database (NexaCloud), if configured."""
+        self.ensure_one()
+        dsn = self.env["ir.config_parameter"].sudo().get_param("fusion_billing.nexacloud_dsn")
+        if self.code != "nexacloud" or not dsn:
+            return {}
+        with nexacloud.Source(nexacloud.normalise_dsn(dsn)[0]) as source:
+            return reconcile.nexacloud_bills(list(source.rows("plans")), list(source.rows("subscriptions")),
+                                             period_start, period_end)
+
+    def action_reconcile_last_month(self):
+        """Reconcile the last calendar month now and show the rows."""
+        self.ensure_one()
+        first = fields.Date.context_today(self).replace(day=1)
+        previous = periods.add_period(first, "month", 1, -1)
+        self.env["fusion.billing.reconciliation"]._run(self, previous, first, self._fc_source_bills(previous, first))
+        action = self.env["ir.actions.act_window"]._for_xml_id("fusion_centralize_billing.fusion_billing_reconciliation_action")
+        action["domain"] = [("service_id", "=", self.id), ("period_start", "=", previous)]
+        return action
+
+    def action_switch_to_live(self):
+        """Open the cutover confirmation, which shows the latest reconciliation figures."""
+        self.ensure_one()
+        self._fc_check_manager()
+        return {
+            "type": "ir.actions.act_window", "name": self.env._("Switch %s to live", self.name),
+            "res_model": "fusion.billing.cutover.wizard", "view_mode": "form", "target": "new",
+            "context": {"default_service_id": self.id},
+        }
+
+    def _fc_set_mode(self, mode, note):
+        self._fc_check_manager()
+        self.sudo().billing_mode = mode
+        self.message_post(body=note)
+
+    def action_switch_to_shadow(self):
+        self.ensure_one()
+        self._fc_set_mode("shadow", self.env._("Switched back to shadow mode by %s: Odoo stops confirming, "
+                                               "posting and charging for this app.", self.env.user.name))
+        return True
+
+    def action_activate_subscriptions(self, batch_size=100):
+        """Live only: confirm this app's imported draft subscriptions, in batches, attaching the
+        customer's saved payment token when Odoo has one. Idempotent: confirmed ones are skipped."""
+        self.ensure_one()
+        self._fc_check_manager()
+        if self.billing_mode != "live":
+            raise UserError(self.env._("Switch %s to live before activating its subscriptions.", self.name))
+        orders = self.env["sale.order"].search([
+            ("x_fc_service_id", "=", self.id), ("is_subscription", "=", True), ("state", "in", ("draft", "sent")),
+            ("x_fc_terminated_at", "=", False)], order="id")
+        confirmed = with_token = failed = 0
+        errors = []
+        for offset in range(0, len(orders), batch_size):
+            for order in orders[offset:offset + batch_size]:
+                try:
+                    with self.env.cr.savepoint():
+                        token = self.env["payment.token"].sudo().search([
+                            ("partner_id", "child_of", order.partner_id.commercial_partner_id.id),
+                            ("active", "=", True)], limit=1)
+                        if token:
+                            order.payment_token_id = token
+                            with_token += 1
+                        order.action_confirm()
+                        order._fc_notify("subscription.updated")
+                        confirmed += 1
+                except (UserError, ValidationError) as error:
+                    failed += 1
+                    errors.append(f"{order.name}: {error}")
+        self.message_post(body=self.env._(
+            "Activation by %(user)s: %(confirmed)s subscriptions confirmed (%(token)s with a saved payment "
+            "method), %(failed)s failed.%(errors)s", user=self.env.user.name, confirmed=confirmed,
+            token=with_token, failed=failed, errors=("\n" + "\n".join(errors[:20])) if errors else ""))
+        return {"type": "ir.actions.client", "tag": "display_notification", "params": {
+            "title": self.env._("Subscriptions activated"),
+            "message": self.env._("%(confirmed)s confirmed, %(failed)s failed (see the chatter).",
+                                  confirmed=confirmed, failed=failed),
+            "type": "warning" if failed else "success", "sticky": bool(failed)}}
 
     @api.model
     def _authenticate(self, plaintext):

@@ -98,9 +98,8 @@ class SaleOrder(models.Model):
             rated.append((charge, usage, charge._rate(usage.quantity or 0, events_count=usage.events_count or 0)))
         return rated
 
-    def _fc_taxes(self, charge, amount):
-        """Tax amount of ``amount`` on the charge's invoice product, as the invoice line will compute it."""
-        product = charge.product_id or self.env.ref("fusion_centralize_billing.product_metered_usage")
+    def _fc_taxes(self, product, amount):
+        """Tax amount of ``amount`` on ``product``, as the invoice line will compute it."""
         taxes = product.taxes_id.filtered(lambda t: t.company_id == self.company_id)
         taxes = self.fiscal_position_id.map_tax(taxes) if self.fiscal_position_id else taxes
         if not taxes:
@@ -116,7 +115,7 @@ class SaleOrder(models.Model):
         charges_usage, amount, taxes = [], 0, 0.0
         for charge, usage, rating in self._fc_rated_usage(start):
             amount += rating.amount_minor
-            taxes += self._fc_taxes(charge, rating.amount) if apply_taxes else 0.0
+            taxes += self._fc_taxes(charge._fc_product(), rating.amount) if apply_taxes else 0.0
             charges_usage.append({
                 "units": rating.units,
                 "events_count": usage.events_count or 0,
@@ -317,7 +316,7 @@ class SaleOrder(models.Model):
         last_day = end - timedelta(days=1)
         billed = []
         for charge, usage, rating in rated:
-            product = charge.product_id or self.env.ref("fusion_centralize_billing.product_metered_usage")
+            product = charge._fc_product()
             billed.append((usage, self.env["sale.order.line"].create({
                 "order_id": self.id,
                 "product_id": product.id,

@@ -1,1 +1,2 @@
 from . import fusion_billing_api_key_show
+from . import fusion_billing_cutover_wizard

@@ -46,6 +46,9 @@ PY
     [ "$(id -u)" -eq 0 ] && chown postgres "$PG_DATA"
     if [ "$fresh" -eq 1 ]; then
         as_pg_owner "$PG_BIN/initdb" -D "$PG_DATA/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null || return 1
+        # Admin roles connect freely; any other role (e.g. the importer's read-only one) needs its password.
+        printf '%s\n' 'local all all trust' 'host all postgres 127.0.0.1/32 trust' 'host all odoo 127.0.0.1/32 trust' \
+            'host all all 127.0.0.1/32 scram-sha-256' | as_pg_owner tee "$PG_DATA/data/pg_hba.conf" >/dev/null
     fi
     as_pg_owner "$PG_BIN/pg_ctl" -D "$PG_DATA/data" -l "$PG_DATA/log" -w -t 60 start -o \
         "-p $port -k $PG_DATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \

@@ -55,3 +55,33 @@ def test_missing_sides_and_summary():
 
 def test_custom_tolerance():
     assert reconcile({"s": bill("10")}, {"s": bill("10.40")}, tolerance="0.50")[0]["status"] == "match"
+
+
+def test_nexacloud_bills_take_the_plan_price_of_subscriptions_active_in_the_period():
+    from datetime import date, datetime, timezone
+
+    from core.reconcile import nexacloud_bills
+
+    def at(*args):
+        return datetime(*args, tzinfo=timezone.utc)
+
+    plans = [{"id": 1, "code": "pro", "price_cents": 4900, "currency": "cad", "interval": "month"},
+             {"id": 2, "code": "pro_y", "price_cents": 49000, "currency": "CAD", "interval": "year"}]
+    subs = [
+        {"id": "a", "user_id": "u1", "plan_id": 1, "status": "active", "created_at": at(2026, 1, 1)},
+        {"id": "b", "user_id": "u2", "plan_id": 1, "status": "canceled", "created_at": at(2026, 1, 1),
+         "canceled_at": at(2026, 10, 15)},
+        {"id": "c", "user_id": "u3", "plan_id": 1, "status": "canceled", "created_at": at(2026, 1, 1),
+         "canceled_at": at(2026, 9, 1)},
+        {"id": "d", "user_id": "u4", "plan_id": 2, "status": "active", "created_at": at(2026, 1, 1),
+         "current_period_start": at(2026, 10, 3)},
+        {"id": "e", "user_id": "u5", "plan_id": 2, "status": "active", "created_at": at(2026, 1, 1),
+         "current_period_start": at(2026, 3, 3)},
+        {"id": "f", "user_id": "u6", "plan_id": 1, "status": "active", "created_at": at(2026, 11, 2)},
+        {"id": "g", "user_id": "u7", "plan_id": 1, "status": "incomplete_expired", "created_at": at(2026, 1, 1)},
+        {"id": "h", "user_id": "u8", "plan_id": 99, "status": "active", "created_at": at(2026, 1, 1)},
+    ]
+    bills = nexacloud_bills(plans, subs, date(2026, 10, 1), date(2026, 11, 1))
+    assert {key: (b.plan_code, b.amount, b.currency) for key, b in bills.items()} == {
+        "a": ("pro", D("49"), "CAD"), "b": ("pro", D("49"), "CAD"),
+        "d": ("pro_y", D("490"), "CAD"), "e": ("pro_y", D("0"), "CAD")}
