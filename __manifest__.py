@@ -34,6 +34,7 @@
         "views/res_partner_views.xml",
         "wizards/fusion_billing_api_key_show_views.xml",
         "wizards/fusion_billing_cutover_wizard_views.xml",
+        "wizards/fusion_billing_nexacloud_import_views.xml",
         "views/menus.xml",
     ],
     "installable": True,

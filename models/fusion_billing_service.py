@@ -121,14 +121,14 @@ class FusionBillingService(models.Model):
             "domain": [("x_fc_service_id", "=", self.id), ("is_subscription", "=", True)],
         }
 
-    def _fc_pricelist(self):
-        """The pricelist subscriptions of this service use: one in the service's currency."""
+    def _fc_pricelist(self, currency=None):
+        """The pricelist this service's subscriptions use: one in the service's currency (or ``currency``)."""
         self.ensure_one()
+        currency = currency or self.currency_id
         pricelist_model = self.env["product.pricelist"].sudo()
-        domain = [("currency_id", "=", self.currency_id.id), ("company_id", "in", (False, self.company_id.id))]
+        domain = [("currency_id", "=", currency.id), ("company_id", "in", (False, self.company_id.id))]
         return pricelist_model.search(domain, limit=1) or pricelist_model.create({
-            "name": f"{self.name} ({self.currency_id.name})", "currency_id": self.currency_id.id,
-            "company_id": self.company_id.id})
+            "name": f"{self.name} ({currency.name})", "currency_id": currency.id, "company_id": self.company_id.id})
 
     # ------------------------------------------------------------------ dual run and cutover
     def _fc_check_manager(self):

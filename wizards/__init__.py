@@ -1,2 +1,3 @@
 from . import fusion_billing_api_key_show
 from . import fusion_billing_cutover_wizard
+from . import fusion_billing_nexacloud_import

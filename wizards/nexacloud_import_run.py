@@ -1,0 +1,488 @@
+"""The NexaCloud import itself: source rows (streamed, planned by ``core.nexacloud``) → Odoo upserts.
+
+Shadow-safe by construction: subscriptions are created as draft quotations and never
+confirmed, no payment token is touched, Stripe ids are kept for information, catalog charges
+get no plan reference, nothing is posted, e-mailed or webhooked. Idempotent: every record is
+found again by its source key and only written when a value differs.
+
+Rows are handled in batches: a batch is written at once inside a savepoint; if anything in it
+fails, the batch is replayed row by row (one savepoint each) so one bad row never takes the
+others down.
+"""
+import logging
+from collections import defaultdict
+from itertools import islice
+
+from odoo import Command, fields
+from odoo.tools import float_compare
+
+from ..core import nexacloud, periods
+
+_logger = logging.getLogger(__name__)
+
+ENTITIES = ("metrics", "plans", "charges", "partners", "account_links", "subscriptions", "deployments",
+            "usage_baselines")
+OUTCOMES = ("created", "updated", "unchanged", "skipped", "failed")
+BATCH = 500
+QUIET = {"tracking_disable": True, "mail_create_nolog": True, "mail_create_nosubscribe": True,
+         "mail_notrack": True, "mail_notify_force_send": False, "active_test": False}
+METRIC_AGGREGATION = {"vcpu": "max", "ram_mb": "max", "disk_gb": "max", "bandwidth_gb": "sum"}
+
+
+def batches(rows, size=BATCH):
+    rows = iter(rows)
+    while chunk := list(islice(rows, size)):
+        yield chunk
+
+
+class ImportRun:
+    """One run (dry or real) over one read-only source snapshot; collects counts and report lines."""
+
+    def __init__(self, env, service):
+        self.env = env(context=dict(env.context, **QUIET))
+        self.service = service.with_env(self.env)
+        self.counts = {entity: dict.fromkeys(OUTCOMES, 0) for entity in ENTITIES}
+        self.lines = []            # (entity, source table, source id, outcome, reason)
+        self.user_state = {}       # source user id → planner action
+        self.plan_state = {}       # source plan id → planner action
+        self.sub_state = {}        # source subscription id → planner action
+        self.plans = {}            # source plan id → sale.subscription.plan id
+        self.plan_period = {}      # plan record id → (unit, value)
+        self.links = {}            # source user id → (link id, partner id)
+        self.subs = {}             # source subscription id → (order id, anchor date, plan record id)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def count(self, entity, outcome, number=1):
+        self.counts[entity][outcome] += number
+
+    def report(self, entity, table, source_id, outcome, reason):
+        self.lines.append((entity, table, str(source_id), outcome, reason))
+        if outcome in ("skipped", "failed"):
+            self.count(entity, outcome)
+
+    def isolated(self, entity, table, items, write_batch, on_failure):
+        """Write ``items`` [(source id, payload)] in one savepoint, else one by one (bad rows fail).
+
+        ``write_batch`` returns what to remember once its savepoint is released, so the
+        in-memory maps and counts never refer to rolled-back records.
+        """
+        if not items:
+            return
+        try:
+            with self.env.cr.savepoint():
+                remember = write_batch(items)
+            remember()
+            return
+        except Exception as error:  # noqa: BLE001 — the savepoint undid the batch; isolate the bad row
+            _logger.info("NexaCloud import: a batch of %s %s failed (%s); retrying row by row",
+                         len(items), entity, _reason(error))
+        for source_id, payload in items:
+            try:
+                with self.env.cr.savepoint():
+                    remember = write_batch([(source_id, payload)])
+                remember()
+            except Exception as error:  # noqa: BLE001 — reported, never aborts the run
+                self.report(entity, table, source_id, "failed", _reason(error))
+                on_failure(source_id)
+
+    # ------------------------------------------------------------------ run
+    def run(self, source):
+        self.ensure_metrics()
+        self.import_plans(source.rows("plans"))
+        self.import_users(source.rows("users"))
+        self.import_subscriptions(source.rows("subscriptions"))
+        self.import_deployments(source.rows("deployments"))
+        self.report_removed()
+        self.env.flush_all()
+        return self
+
+    # ------------------------------------------------------------------ catalog
+    def ensure_metrics(self):
+        Metric = self.env["fusion.billing.metric"]
+        self.metrics = {}
+        for code, name, prop in nexacloud.LIMIT_METRICS.values():
+            metric = Metric.search([("service_id", "=", self.service.id), ("code", "=", code)], limit=1)
+            if metric:
+                self.count("metrics", "unchanged")
+            else:
+                metric = Metric.create({"service_id": self.service.id, "code": code, "name": name,
+                                        "aggregation": METRIC_AGGREGATION[code], "field_name": prop})
+                self.count("metrics", "created")
+            self.metrics[code] = metric.id
+
+    def import_plans(self, rows):
+        Plan = self.env["sale.subscription.plan"]
+        Currency = self.env["res.currency"]
+        for row in rows:
+            decision = nexacloud.plan_plan(row, self.service.currency_id.name)
+            self.plan_state[row["id"]] = decision.action
+            if decision.action != nexacloud.IMPORT:
+                self.report("plans", "plans", row["id"], "failed", decision.reason)
+                continue
+            values = decision.values
+            currency = Currency.search([("name", "=", values["currency"])], limit=1)
+            if not currency:
+                self.plan_state[row["id"]] = nexacloud.FAIL
+                self.report("plans", "plans", row["id"], "failed", f"currency {values['currency']} is unknown to Odoo")
+                continue
+            if decision.warning:
+                self.lines.append(("plans", "plans", str(row["id"]), "warning", decision.warning))
+            try:
+                with self.env.cr.savepoint():
+                    plan = Plan.search([("x_fc_service_id", "=", self.service.id),
+                                        ("x_fc_plan_code", "=", values["code"])], limit=1)
+                    wanted = {"name": values["name"], "billing_period_unit": values["interval"],
+                              "billing_period_value": 1, "x_fc_amount": float(values["amount"]),
+                              "x_fc_currency_id": currency.id, "x_fc_source_active": values["source_active"]}
+                    plan, outcome = self.upsert(plan, wanted, lambda: Plan.create(dict(
+                        wanted, x_fc_service_id=self.service.id, x_fc_plan_code=values["code"],
+                        x_fc_product_id=self.base_fee_product(values, currency).id)))
+                    charge_outcomes = self.import_charges(values)
+                self.count("plans", outcome)
+                for charge_outcome in charge_outcomes:
+                    self.count("charges", charge_outcome)
+                self.plans[row["id"]] = plan.id
+                self.plan_period[plan.id] = (plan.billing_period_unit, plan.billing_period_value)
+            except Exception as error:  # noqa: BLE001
+                self.plan_state[row["id"]] = nexacloud.FAIL
+                self.report("plans", "plans", row["id"], "failed", _reason(error))
+
+    @staticmethod
+    def upsert(record, wanted, create):
+        """``(record, outcome)``: created via ``create()``, or only the differing fields written."""
+        if not record:
+            return create(), "created"
+        diff = _diff(record.read(list(wanted), load=None)[0], wanted)
+        if diff:
+            record.write(diff)
+        return record, "updated" if diff else "unchanged"
+
+    def base_fee_product(self, values, currency):
+        return self.env["product.product"].create({
+            "name": f"{self.service.name} – {values['name']}", "type": "service", "recurring_invoice": True,
+            "list_price": float(values["amount"]) if currency == self.service.currency_id else 0.0,
+            "default_code": f"{self.service.code}:{values['code']}", "sale_ok": True,
+            "company_id": self.service.company_id.id,
+        })
+
+    def import_charges(self, values):
+        """Shadow charges from the plan's limits: included quantities, no plan reference (inert)."""
+        Charge = self.env["fusion.billing.charge"]
+        outcomes = []
+        for charge in values["charges"]:
+            metric_id = self.metrics[charge["metric"]]
+            existing = Charge.search([("service_id", "=", self.service.id), ("plan_code", "=", values["code"]),
+                                      ("metric_id", "=", metric_id), ("plan_id", "=", False)], limit=1)
+            wanted = {"included_quantity": float(charge["included_quantity"])}
+            outcomes.append(self.upsert(existing, wanted, lambda: Charge.create(dict(
+                wanted, service_id=self.service.id, plan_code=values["code"], metric_id=metric_id,
+                plan_id=False, charge_model="standard", properties={"amount": "0"})))[1])
+        return outcomes
+
+    # ------------------------------------------------------------------ customers
+    def import_users(self, rows):
+        Link = self.env["fusion.billing.account.link"]
+        self.seen_emails = {}                            # normalised e-mail → (source user id, partner id)
+        self.seen_users = set()
+        for chunk in batches(rows):
+            planned = []
+            for row in chunk:
+                user_id = str(row["id"])
+                self.seen_users.add(user_id)
+                decision = nexacloud.plan_user(row)
+                self.user_state[user_id] = decision.action
+                if decision.action == nexacloud.SKIP:
+                    self.report("account_links", "users", user_id, "skipped", decision.reason)
+                elif decision.action == nexacloud.FAIL:
+                    self.report("account_links", "users", user_id, "failed", decision.reason)
+                else:
+                    planned.append((user_id, decision.values))
+            if not planned:
+                continue
+            existing = {link["external_id"]: link for link in Link.search_read(
+                [("service_id", "=", self.service.id), ("external_id", "in", [u for u, _v in planned])],
+                ["external_id", "partner_id", "email", "stripe_customer_id", "metadata", "active"], load=None)}
+            partners = self.partners_by_email({v["email"] for _u, v in planned})
+            creates, updates = [], []
+            for user_id, values in planned:
+                first = self.seen_emails.setdefault(values["email"], (user_id, None))
+                if first[0] != user_id:
+                    self.lines.append(("account_links", "users", user_id, "warning",
+                                       f"same e-mail as user {first[0]} ({values['email']}): linked to the same contact"))
+                if user_id in existing:
+                    updates.append((user_id, (existing[user_id], values)))
+                else:
+                    creates.append((user_id, (values, partners.get(values["email"]))))
+            self.isolated("account_links", "users", updates, self._update_links, self._mark_failed_user)
+            self.isolated("account_links", "users", creates, self._create_links, self._mark_failed_user)
+
+    def _mark_failed_user(self, user_id):
+        self.user_state[user_id] = nexacloud.FAIL
+        self.links.pop(user_id, None)
+
+    def partners_by_email(self, emails):
+        """Existing contacts for these normalised e-mails: this run's, any app's links, then any partner."""
+        found = {email: partner for email, (_u, partner) in self.seen_emails.items() if email in emails and partner}
+        missing = [email for email in emails if email not in found]
+        if missing:
+            for link in self.env["fusion.billing.account.link"].search_read(
+                    [("email_normalised", "in", missing)], ["email_normalised", "partner_id"], load=None):
+                found.setdefault(link["email_normalised"], link["partner_id"])
+            missing = [email for email in missing if email not in found]
+        if missing:
+            for partner in self.env["res.partner"].search_read(
+                    [("email_normalized", "in", missing)], ["email_normalized"], order="id"):
+                found.setdefault(partner["email_normalized"], partner["id"])
+        return found
+
+    @staticmethod
+    def _link_metadata(values):
+        return {"source": "nexacloud_import", "name": values["name"], "company_name": values["company_name"],
+                "suspended": values["suspended"]}
+
+    def _create_links(self, items):
+        """New links; a new contact only for an e-mail no app (nor an earlier row) already has."""
+        Partner, Link = self.env["res.partner"], self.env["fusion.billing.account.link"]
+        partner_of = {values["email"]: partner for _u, (values, partner) in items if partner}
+        partner_of.update({email: partner for email, (_u, partner) in self.seen_emails.items()
+                           if partner and email in {v["email"] for _i, (v, _p) in items}})
+        new = {}
+        for _user_id, (values, _partner) in items:
+            if values["email"] not in partner_of:
+                new.setdefault(values["email"], {"name": values["name"], "email": values["email"],
+                                                 "company_name": values["company_name"]})
+        for email, partner in zip(new, Partner.create(list(new.values()))):
+            partner_of[email] = partner.id
+        links = Link.create([{
+            "service_id": self.service.id, "external_id": user_id, "partner_id": partner_of[values["email"]],
+            "email": values["email"], "stripe_customer_id": values["stripe_customer_id"],
+            "metadata": self._link_metadata(values)} for user_id, (values, _partner) in items])
+
+        def remember():
+            self.count("partners", "created", len(new))
+            self.count("partners", "unchanged", len(items) - len(new))
+            self.count("account_links", "created", len(links))
+            for (user_id, (values, _partner)), link in zip(items, links):
+                self.links[user_id] = (link.id, partner_of[values["email"]])
+                self.seen_emails[values["email"]] = (self.seen_emails[values["email"]][0], partner_of[values["email"]])
+        return remember
+
+    def _update_links(self, items):
+        """Existing links: link fields follow the source; the contact's name/company only change
+        when they changed at the source since the last import (edits made in Odoo are kept)."""
+        Link, Partner = self.env["fusion.billing.account.link"], self.env["res.partner"]
+        outcomes = []
+        for user_id, (current, values) in items:
+            diff = _diff(current, {"email": values["email"], "stripe_customer_id": values["stripe_customer_id"],
+                                   "metadata": self._link_metadata(values), "active": True})
+            previous = current["metadata"] or {}
+            partner_diff = {field: values[field] for field in ("name", "company_name")
+                            if previous.get(field) != values[field]}
+            if diff:
+                Link.browse(current["id"]).write(diff)
+            if partner_diff:
+                Partner.browse(current["partner_id"]).write(partner_diff)
+            outcomes.append((user_id, current, values, bool(diff), bool(partner_diff)))
+
+        def remember():
+            for user_id, current, values, link_changed, partner_changed in outcomes:
+                self.links[user_id] = (current["id"], current["partner_id"])
+                first_user, partner = self.seen_emails[values["email"]]
+                self.seen_emails[values["email"]] = (first_user, partner or current["partner_id"])
+                self.count("account_links", "updated" if link_changed else "unchanged")
+                self.count("partners", "updated" if partner_changed else "unchanged")
+        return remember
+
+    # ------------------------------------------------------------------ subscriptions
+    def import_subscriptions(self, rows):
+        Order = self.env["sale.order"]
+        self.seen_subs = set()
+        plan_records = self.env["sale.subscription.plan"].browse(set(self.plans.values()))
+        plan_by_record = {plan.id: plan for plan in plan_records}
+        # Resolved (and created if needed) outside the batch savepoints, which may roll back.
+        pricelists = {currency: self.service._fc_pricelist(currency).id
+                      for currency in {plan._fc_currency() for plan in plan_records}}
+        self.pricelist_of = {plan.id: pricelists[plan._fc_currency()] for plan in plan_records}
+        for chunk in batches(rows):
+            planned = []
+            for row in chunk:
+                sub_id = str(row["id"])
+                self.seen_subs.add(sub_id)
+                decision = nexacloud.plan_subscription(row, self.user_state, self.plan_state)
+                self.sub_state[sub_id] = decision.action
+                if decision.action == nexacloud.IMPORT:
+                    planned.append((sub_id, decision.values))
+                else:
+                    self.report("subscriptions", "subscriptions", sub_id,
+                                "skipped" if decision.action == nexacloud.SKIP else "failed", decision.reason)
+            existing = {}
+            for order in Order.search_read(
+                    [("x_fc_service_id", "=", self.service.id), ("x_fc_external_id", "in", [s for s, _v in planned])],
+                    ["x_fc_external_id", "state", "plan_id", "partner_id", "x_fc_account_link_id",
+                     "x_fc_source_status", "x_fc_stripe_subscription_id", "start_date", "next_invoice_date",
+                     "end_date"], order="id", load=None):
+                existing[order["x_fc_external_id"]] = order  # the latest order wins
+            creates, updates = [], []
+            for sub_id, values in planned:
+                link_id, partner_id = self.links[values["user_id"]]
+                plan = plan_by_record[self.plans[values["plan_id"]]]
+                wanted = {
+                    "partner_id": partner_id, "x_fc_account_link_id": link_id, "plan_id": plan.id,
+                    "x_fc_source_status": values["status"],
+                    "x_fc_stripe_subscription_id": values["stripe_subscription_id"],
+                    "start_date": values["start_date"], "next_invoice_date": values["next_invoice_date"],
+                    "end_date": values["end_date"],
+                }
+                current = existing.get(sub_id)
+                if current and current["state"] not in ("draft", "sent"):
+                    self.report("subscriptions", "subscriptions", sub_id, "skipped",
+                                "already confirmed in Odoo (live): the import leaves it alone")
+                    self.sub_state[sub_id] = nexacloud.SKIP
+                elif current:
+                    updates.append((sub_id, (current, wanted, plan)))
+                else:
+                    creates.append((sub_id, (wanted, plan)))
+            self.isolated("subscriptions", "subscriptions", updates, self._update_subs, self._mark_failed_sub)
+            self.isolated("subscriptions", "subscriptions", creates, self._create_subs, self._mark_failed_sub)
+
+    def _mark_failed_sub(self, sub_id):
+        self.sub_state[sub_id] = nexacloud.FAIL
+        self.subs.pop(sub_id, None)
+
+    def _order_values(self, sub_id, wanted, plan):
+        values = dict(wanted, x_fc_service_id=self.service.id, x_fc_external_id=sub_id,
+                      company_id=self.service.company_id.id, pricelist_id=self.pricelist_of[plan.id],
+                      order_line=[Command.create(plan._fc_base_fee_line_values())] if plan.x_fc_product_id else [])
+        if self.env.context.get("fusion_billing_dry_run"):
+            values["name"] = "/"  # no sequence number is consumed by a dry run
+        return values
+
+    def _create_subs(self, items):
+        orders = self.env["sale.order"].create([self._order_values(sub_id, wanted, plan)
+                                                for sub_id, (wanted, plan) in items])
+        anchors = [wanted["start_date"] or order.date_order.date() for (_s, (wanted, _p)), order in zip(items, orders)]
+
+        def remember():
+            self.count("subscriptions", "created", len(orders))
+            for (sub_id, (_wanted, plan)), order, anchor in zip(items, orders, anchors):
+                self.subs[sub_id] = (order.id, anchor, plan.id)
+        return remember
+
+    def _update_subs(self, items):
+        Order = self.env["sale.order"]
+        outcomes = []
+        for sub_id, (current, wanted, plan) in items:
+            diff = _diff(current, wanted)
+            order = Order.browse(current["id"])
+            if diff:
+                if "plan_id" in diff and plan.x_fc_product_id:
+                    diff["order_line"] = [Command.clear(), Command.create(plan._fc_base_fee_line_values())]
+                order.write(diff)
+            outcomes.append((sub_id, order.id, wanted["start_date"] or order.date_order.date(), plan.id, bool(diff)))
+
+        def remember():
+            for sub_id, order_id, anchor, plan_id, changed in outcomes:
+                self.count("subscriptions", "updated" if changed else "unchanged")
+                self.subs[sub_id] = (order_id, anchor, plan_id)
+        return remember
+
+    # ------------------------------------------------------------------ deployments → usage baselines
+    def import_deployments(self, rows):
+        totals, contributors = {}, defaultdict(int)
+        for row in rows:
+            decision = nexacloud.plan_deployment(row, self.sub_state)
+            if decision.action == nexacloud.IMPORT:
+                nexacloud.add_allocation(totals, decision)
+                contributors[decision.values["subscription_id"]] += 1
+            else:
+                self.report("deployments", "deployments", row["id"],
+                            "skipped" if decision.action == nexacloud.SKIP else "failed", decision.reason)
+        outcomes = self.write_baselines(totals)
+        for sub_id, number in contributors.items():
+            self.count("deployments", outcomes.get(sub_id, "unchanged"), number)
+
+    def write_baselines(self, totals):
+        """Upsert one import baseline per (subscription, allocation metric) for its current period.
+
+        Returns {source subscription id: "created" | "updated" | "unchanged"} (the strongest change).
+        """
+        cr, now, uid = self.env.cr, fields.Datetime.now(), self.env.uid
+        today = fields.Date.context_today(self.service)
+        wanted = {}
+        for sub_id, allocation in totals.items():
+            order_id, anchor, plan_id = self.subs[sub_id]
+            unit, value = self.plan_period[plan_id]
+            start, end = periods.period_bounds(anchor, unit, value, max(today, anchor))
+            for metric, units in allocation.items():
+                wanted[(order_id, self.metrics[metric], start)] = (sub_id, end, units)
+        outcomes, rank = {}, {"unchanged": 0, "updated": 1, "created": 2}
+        orders = self.env["sale.order"].browse({key[0] for key in wanted})
+        owner = {order.id: (order.partner_id.id, order.company_id.id) for order in orders}
+        for keys in batches(list(wanted), 2000):
+            cr.execute("""SELECT subscription_id, metric_id, period_start, id, quantity, source
+                            FROM fusion_billing_usage
+                           WHERE (subscription_id, metric_id, period_start) IN %s""", [tuple(keys)])
+            current = {(r[0], r[1], r[2]): r[3:] for r in cr.fetchall()}
+            inserts = []
+            for key in keys:
+                sub_id, end, units = wanted[key]
+                row = current.get(key)
+                if row is None:
+                    inserts.append(key + (end, units, self.service.id) + owner[key[0]] + (now, now, uid, uid))
+                    outcome = "created"
+                elif row[2] != "import":
+                    self.report("usage_baselines", "deployments", sub_id, "skipped",
+                                "the app already reported this period's usage: its figures are kept")
+                    continue
+                elif float_compare(row[1], units, precision_digits=6):
+                    cr.execute("UPDATE fusion_billing_usage SET quantity = %s, write_date = %s, write_uid = %s "
+                               "WHERE id = %s", [units, now, uid, row[0]])
+                    outcome = "updated"
+                else:
+                    outcome = "unchanged"
+                self.count("usage_baselines", outcome)
+                if rank[outcome] >= rank[outcomes.get(sub_id, "unchanged")]:
+                    outcomes[sub_id] = outcome
+            if inserts:
+                cr.execute("""
+                    INSERT INTO fusion_billing_usage (subscription_id, metric_id, period_start, period_end, quantity,
+                           service_id, partner_id, company_id, create_date, write_date, create_uid, write_uid,
+                           source, state, events_count)
+                    VALUES """ + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'import', 'open', 0)"]
+                                           * len(inserts)), [value for row in inserts for value in row])
+        self.env["fusion.billing.usage"].invalidate_model()
+        return outcomes
+
+    # ------------------------------------------------------------------ removed at the source
+    def report_removed(self):
+        """Odoo records whose source row disappeared: reported, never deleted."""
+        links = self.env["fusion.billing.account.link"].search_read(
+            [("service_id", "=", self.service.id)], ["external_id"], load=None)
+        for link in links:
+            if link["external_id"] not in self.seen_users:
+                self.lines.append(("account_links", "users", link["external_id"], "warning",
+                                   "no longer in NexaCloud: kept in Odoo"))
+        orders = self.env["sale.order"].search_read(
+            [("x_fc_service_id", "=", self.service.id), ("x_fc_external_id", "!=", False)],
+            ["x_fc_external_id"], load=None)
+        for order in orders:
+            if order["x_fc_external_id"] not in self.seen_subs:
+                self.lines.append(("subscriptions", "subscriptions", order["x_fc_external_id"], "warning",
+                                   "no longer in NexaCloud: kept in Odoo"))
+
+
+def _diff(current, wanted):
+    """The ``wanted`` values that differ from ``current`` (a read() dict)."""
+    return {key: value for key, value in wanted.items() if not _same(current[key], value)}
+
+
+def _same(current, wanted):
+    if isinstance(wanted, float) or isinstance(current, float):
+        return float_compare(current or 0.0, wanted or 0.0, precision_digits=6) == 0
+    return (current or False) == (wanted or False)
+
+
+def _reason(error):
+    text = getattr(error, "args", [str(error)])
+    text = str(text[0]) if text else error.__class__.__name__
+    return " ".join(text.split())[:500] or error.__class__.__name__
