@@ -380,18 +380,10 @@ def plan_subscription(row, users, plans):
     if status not in STRIPE_STATUSES:
         return Decision(FAIL, f"unknown status '{row.get('status')}'")
     user_id, plan_id = str(row["user_id"]), row["plan_id"]
-    user = users.get(user_id)
-    if user is None:
-        return Decision(FAIL, f"orphan: user {user_id} does not exist")
-    if user == SKIP:
-        return Decision(SKIP, f"orphan: its user {user_id} is soft-deleted")
-    if user == FAIL:
-        return Decision(FAIL, f"its user {user_id} could not be imported")
-    plan = plans.get(plan_id)
-    if plan is None:
-        return Decision(FAIL, f"plan {plan_id} does not exist")
-    if plan == FAIL:
-        return Decision(FAIL, f"its plan {plan_id} could not be imported")
+    problem = _parent_problem("user", user_id, users.get(user_id), f"orphan: its user {user_id} is soft-deleted") \
+        or _parent_problem("plan", plan_id, plans.get(plan_id), None)
+    if problem:
+        return problem
     start = _date(row.get("current_period_start")) or _date(row.get("created_at"))
     period_end = _date(row.get("current_period_end"))
     return Decision(IMPORT, values={
@@ -400,6 +392,17 @@ def plan_subscription(row, users, plans):
         "start_date": start or False, "next_invoice_date": period_end or False,
         "end_date": period_end if row.get("cancel_at_period_end") and period_end else False,
     })
+
+
+def _parent_problem(kind, key, action, skipped_reason):
+    """Why a row cannot be imported because of the parent row it points at (None: no problem)."""
+    if action is None:
+        return Decision(FAIL, f"orphan: {kind} {key} does not exist")
+    if action == SKIP:
+        return Decision(SKIP, skipped_reason)
+    if action == FAIL:
+        return Decision(FAIL, f"its {kind} {key} could not be imported")
+    return None
 
 
 def plan_deployment(row, subscriptions):
@@ -417,13 +420,10 @@ def plan_deployment(row, subscriptions):
     if row.get("subscription_id") is None:
         return Decision(SKIP, "legacy deployment without a subscription")
     sub_id = str(row["subscription_id"])
-    sub = subscriptions.get(sub_id)
-    if sub is None:
-        return Decision(FAIL, f"orphan: subscription {sub_id} does not exist")
-    if sub == SKIP:
-        return Decision(SKIP, f"its subscription {sub_id} is not imported (canceled or orphan)")
-    if sub == FAIL:
-        return Decision(FAIL, f"its subscription {sub_id} could not be imported")
+    problem = _parent_problem("subscription", sub_id, subscriptions.get(sub_id),
+                              f"its subscription {sub_id} is not imported (canceled or orphan)")
+    if problem:
+        return problem
     allocation = {}
     for metric in ALLOCATION_METRICS:
         value = row.get(metric)

@@ -156,6 +156,7 @@ class FusionBillingReconciliation(models.Model):
                 self.create({"service_id": service.id, "period_start": bill["period_start"],
                              "period_end": bill["period_end"], "external_subscription_id": bill["external_subscription_id"],
                              "currency_id": service.currency_id.id, "state": "missing_in_odoo", "app_reported": stored,
+                             "run_count": 0,
                              "explanation": "reported by the app; not reconciled yet"})
         return len(clean)
 

@@ -4,3 +4,4 @@ from . import test_api
 from . import test_usage_billing
 from . import test_webhooks
 from . import test_nexacloud_import
+from . import test_reconciliation

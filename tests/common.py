@@ -1,8 +1,15 @@
 import json
+import uuid
 from contextlib import contextmanager
+
+import psycopg2
+from psycopg2.extensions import make_dsn
 
 from odoo import Command
 from odoo.tests import HttpCase, TransactionCase, new_test_user
+from odoo.tools import config
+
+from odoo.addons.fusion_centralize_billing.core import nexacloud_sample
 
 
 class FusionBillingFixtures:
@@ -95,3 +102,66 @@ class FusionBillingApiCase(FusionBillingFixtures, HttpCase):
                                  method=method, timeout=30)
         self.env.invalidate_all()
         return response
+
+
+class NexacloudSourceCase(FusionBillingCase):
+    """Each test gets a real NexaCloud-shaped source database (every messy case of the contract)
+    on Odoo's own PostgreSQL server, read through the README's least-privilege role, and the
+    ``fusion_billing.nexacloud_dsn`` parameter pointing at it. Dropped afterwards."""
+
+    def setUp(self):
+        super().setUp()
+        server = {key: config[f"db_{key}"] for key in ("host", "port", "user", "password") if config.get(f"db_{key}")}
+        server.setdefault("host", "127.0.0.1")
+        self.admin_dsn = make_dsn(dbname="postgres", **server)
+        self.database = f"nexacloud_src_{uuid.uuid4().hex[:8]}"
+        self.role, self.password = f"ro_{uuid.uuid4().hex[:8]}", f"pw:{uuid.uuid4().hex[:10]}@/"
+        self.admin_sql(f'CREATE DATABASE "{self.database}"', database="postgres")
+        self.addCleanup(self.admin_sql, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE); '
+                                        f'DROP ROLE IF EXISTS "{self.role}"', database="postgres")
+        with self.source_cursor() as cursor:
+            nexacloud_sample.load_messy_sample(cursor)
+            nexacloud_sample.create_read_only_role(cursor, self.role, self.password, self.database)
+        self.ro_dsn = make_dsn(host=server["host"], port=server.get("port", 5432), dbname=self.database,
+                               user=self.role, password=self.password)
+        self.set_dsn(self.ro_dsn)
+        # A NexaDesk customer already known to Odoo, with the e-mail of NexaCloud user 8.
+        self.desk_partner = self.env["res.partner"].create({"name": "Dana (NexaDesk)", "email": "desk.customer@example.com"})
+
+    def admin_sql(self, sql, database=None):
+        """Run ``;``-separated statements as the server admin, each committed at once."""
+        connection = psycopg2.connect(make_dsn(self.admin_dsn, dbname=database or self.database))
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                for statement in filter(None, (s.strip() for s in sql.split(";"))):
+                    cursor.execute(statement)
+        finally:
+            connection.close()
+
+    def source_snapshot(self):
+        with self.source_cursor() as cursor:
+            snapshot = {}
+            for table in ("users", "plans", "subscriptions", "deployments"):
+                cursor.execute(f"SELECT * FROM {table} ORDER BY id")
+                snapshot[table] = cursor.fetchall()
+        return snapshot
+
+    def set_dsn(self, dsn):
+        self.env["ir.config_parameter"].sudo().set_param("fusion_billing.nexacloud_dsn", dsn)
+
+    @contextmanager
+    def source_cursor(self):
+        """A committed admin cursor on the source database."""
+        connection = psycopg2.connect(make_dsn(self.admin_dsn, dbname=self.database))
+        try:
+            with connection, connection.cursor() as cursor:
+                yield cursor
+        finally:
+            connection.close()
+
+    def run_import(self, dry_run=False, user=None):
+        wizard = self.env["fusion.billing.nexacloud.import"].with_user(user or self.billing_admin).create(
+            {"dry_run": dry_run})
+        wizard.action_run_import()
+        return wizard

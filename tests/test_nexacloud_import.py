@@ -1,6 +1,6 @@
 """The NexaCloud import wizard end to end, against a real source database on the same server."""
-import uuid
 from unittest.mock import patch
+from urllib.parse import quote
 
 import psycopg2
 from psycopg2.extensions import make_dsn
@@ -8,71 +8,20 @@ from psycopg2.extensions import make_dsn
 from odoo.exceptions import AccessError, UserError, ValidationError
 from odoo.sql_db import db_connect
 from odoo.tests import tagged
-from odoo.tools import config
 
-from odoo.addons.fusion_centralize_billing.core import nexacloud_sample
 from odoo.addons.fusion_centralize_billing.core.nexacloud_sample import sid
 from odoo.addons.fusion_centralize_billing.wizards import fusion_billing_nexacloud_import as wizard_module
 from odoo.addons.fusion_centralize_billing.wizards.nexacloud_import_run import ImportRun
 
-from .common import FusionBillingCase
+from .common import NexacloudSourceCase
 
 
 @tagged("post_install", "-at_install")
-class TestNexacloudImport(FusionBillingCase):
-
-    def setUp(self):
-        super().setUp()
-        server = {key: config[f"db_{key}"] for key in ("host", "port", "user", "password") if config.get(f"db_{key}")}
-        server.setdefault("host", "127.0.0.1")
-        self.admin_dsn = make_dsn(dbname="postgres", **server)
-        self.database = f"nexacloud_src_{uuid.uuid4().hex[:8]}"
-        self.role, self.password = f"ro_{uuid.uuid4().hex[:8]}", f"pw:{uuid.uuid4().hex[:10]}@/"
-        self.admin_sql(f'CREATE DATABASE "{self.database}"', database="postgres", autocommit=True)
-        self.addCleanup(self.admin_sql, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE); '
-                                        f'DROP ROLE IF EXISTS "{self.role}"', database="postgres", autocommit=True)
-        with self.source_cursor() as cursor:
-            nexacloud_sample.load_messy_sample(cursor)
-            nexacloud_sample.create_read_only_role(cursor, self.role, self.password, self.database)
-        self.ro_dsn = make_dsn(host=server["host"], port=server.get("port", 5432), dbname=self.database,
-                               user=self.role, password=self.password)
-        self.set_dsn(self.ro_dsn)
-        # A NexaDesk customer already known to Odoo, with the e-mail of NexaCloud user 8.
-        self.desk_partner = self.env["res.partner"].create({"name": "Dana (NexaDesk)", "email": "desk.customer@example.com"})
-
-    # ------------------------------------------------------------------ helpers
-    def source_cursor(self, database=None):
-        return _SourceCursor(make_dsn(self.admin_dsn, dbname=database or self.database))
-
-    def admin_sql(self, sql, database=None, autocommit=False):
-        connection = psycopg2.connect(make_dsn(self.admin_dsn, dbname=database or self.database))
-        connection.autocommit = autocommit
-        with connection.cursor() as cursor:
-            for statement in filter(None, (s.strip() for s in sql.split(";"))):
-                cursor.execute(statement)
-        if not autocommit:
-            connection.commit()
-        connection.close()
-
-    def source_snapshot(self):
-        with self.source_cursor() as cursor:
-            snapshot = {}
-            for table in ("users", "plans", "subscriptions", "deployments"):
-                cursor.execute(f"SELECT * FROM {table} ORDER BY id")
-                snapshot[table] = cursor.fetchall()
-        return snapshot
-
-    def set_dsn(self, dsn):
-        self.env["ir.config_parameter"].sudo().set_param("fusion_billing.nexacloud_dsn", dsn)
+class TestNexacloudImport(NexacloudSourceCase):
 
     def wizard(self, user=None, dry_run=False):
         return self.env["fusion.billing.nexacloud.import"].with_user(user or self.billing_admin).create(
             {"dry_run": dry_run})
-
-    def run_import(self, dry_run=False, user=None):
-        wizard = self.wizard(user, dry_run)
-        wizard.action_run_import()
-        return wizard
 
     def imported_orders(self):
         return self.env["sale.order"].search([("x_fc_service_id", "=", self.service.id)])
@@ -135,7 +84,6 @@ class TestNexacloudImport(FusionBillingCase):
 
     def test_sqlalchemy_url_is_accepted_with_a_visible_note(self):
         params = psycopg2.extensions.parse_dsn(self.ro_dsn)
-        from urllib.parse import quote
         self.set_dsn(f"postgresql+asyncpg://{self.role}:{quote(self.password, safe='')}@{params['host']}:"
                      f"{params['port']}/{self.database}")
         wizard = self.wizard()
@@ -297,20 +245,3 @@ class TestNexacloudImport(FusionBillingCase):
         lines = self.env[action["res_model"]].search(action["domain"])
         self.assertEqual(lines, wizard.line_ids)
         self.assertTrue(lines.filtered(lambda l: l.outcome == "skipped"))
-
-
-class _SourceCursor:
-    """``with`` a committed admin cursor on the source database."""
-
-    def __init__(self, dsn):
-        self.connection = psycopg2.connect(dsn)
-
-    def __enter__(self):
-        return self.connection.cursor()
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type:
-            self.connection.rollback()
-        else:
-            self.connection.commit()
-        self.connection.close()

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Benchmark of event ingestion through the real HTTP server (issue #5).
+
+Starts Odoo with ``--workers``, pushes ``--events`` events in batches of 100 from
+``--clients`` concurrent clients (plus 10 % replayed batches), then, in the same run, inserts
+the same rows with raw psycopg2 ``execute_values`` into a copy of the event table (baseline).
+Prints events/s of both and their ratio (target ≥ 0.25), p50/p95 request latency, and checks
+the stored totals: every event stored once, usage rollups equal to the sum sent (zero lost,
+zero double-counted).
+
+    python3 benchmarks/events_ingest.py --pg "host=127.0.0.1 port=5432 user=odoo" [--odoo-db bench]
+
+The Odoo database is created with the addon installed when it does not exist. Not run by CI.
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+import psycopg2
+from psycopg2.extensions import make_dsn
+from psycopg2.extras import execute_values
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nexacloud_import import ADDON, odoo_args, odoo_command  # noqa: E402
+
+SETUP = """
+import json
+from odoo import Command
+service = env['fusion.billing.service'].create({'name': 'Bench %(tag)s', 'code': 'bench_%(tag)s'})
+metric = env['fusion.billing.metric'].create({'service_id': service.id, 'code': 'api_calls', 'name': 'API calls',
+                                              'aggregation': 'sum', 'field_name': 'calls'})
+product = env['product.product'].create({'name': 'Bench plan', 'type': 'service', 'recurring_invoice': True})
+plan = env['sale.subscription.plan'].create({'name': 'Bench', 'x_fc_service_id': service.id,
+                                             'x_fc_plan_code': 'bench', 'x_fc_amount': 10, 'x_fc_product_id': product.id})
+partner = env['res.partner'].create({'name': 'Bench client'})
+for n in range(%(clients)s):
+    env['sale.order'].create({'partner_id': partner.id, 'plan_id': plan.id, 'x_fc_service_id': service.id,
+                              'x_fc_external_id': 'bench-sub-%%s' %% n, 'pricelist_id': service._fc_pricelist().id})
+key = env['fusion.billing.api.key']._generate(service)
+env.cr.commit()
+print('BENCH-RESULT ' + json.dumps({'key': key, 'service_id': service.id}))
+"""
+
+
+def shell(args, code):
+    output = subprocess.run([odoo_command(), "shell", "--no-http", "--log-level=warn"] + args, input=code,
+                            capture_output=True, text=True).stdout
+    line = next((l for l in output.splitlines() if l.startswith("BENCH-RESULT ")), None)
+    if not line:
+        sys.exit(f"setup failed:\n{output[-3000:]}")
+    return json.loads(line.split(" ", 1)[1])
+
+
+def wait_for(url, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    sys.exit(f"Odoo did not answer on {url}")
+
+
+def post(url, key, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+        status = response.status
+    return status, time.monotonic() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", required=True, help="admin libpq DSN of the PostgreSQL server")
+    parser.add_argument("--odoo-db", default="fusion_billing_bench")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--port", type=int, default=8269)
+    options = parser.parse_args()
+    tag = uuid.uuid4().hex[:6]
+
+    with tempfile.TemporaryDirectory() as addons:
+        os.symlink(ADDON, os.path.join(addons, "fusion_centralize_billing"))
+        args = odoo_args(options.pg, options.odoo_db, addons)
+        with psycopg2.connect(make_dsn(options.pg, dbname="postgres")) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [options.odoo_db])
+            exists = bool(cursor.fetchone())
+        if not exists:
+            subprocess.run([odoo_command(), "-i", "fusion_centralize_billing", "--stop-after-init", "--no-http",
+                            "--log-level=warn"] + args, check=True)
+        setup = shell(args, SETUP % {"tag": tag, "clients": options.clients})
+        server = subprocess.Popen([odoo_command(), f"--workers={options.workers}", f"--http-port={options.port}",
+                                   "--http-interface=127.0.0.1", f"--db-filter=^{options.odoo_db}$",
+                                   "--max-cron-threads=0", "--log-level=warn", "--limit-time-real=600"] + args,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{options.port}/api/billing/v1"
+            wait_for(f"{base}/health")
+            http = run_http(base, setup["key"], options)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    dsn = make_dsn(options.pg, dbname=options.odoo_db)
+    raw = run_raw(dsn, options)
+    verify(dsn, setup["service_id"], http["expected"])
+    ratio = http["rate"] / raw
+    print(f"HTTP  : {http['rate']:8.0f} events/s ({options.events} events + {http['replayed']} replayed, "
+          f"{options.clients} clients, {options.workers} workers); latency p50 {http['p50'] * 1000:.0f} ms, "
+          f"p95 {http['p95'] * 1000:.0f} ms per batch of 100")
+    print(f"raw   : {raw:8.0f} events/s (psycopg2 execute_values into a copy of the table)")
+    print(f"ratio : {ratio:.2f} (target ≥ 0.25) {'OK' if ratio >= 0.25 else 'BELOW TARGET'}")
+
+
+def run_http(base, key, options):
+    per_client = options.events // options.clients
+    latencies, errors, expected = [], [], {}
+    lock = threading.Lock()
+
+    def client(number):
+        rng = random.Random(number)
+        sent = []
+        for start in range(0, per_client, 100):
+            batch = [{"transaction_id": f"tx-{number}-{i}", "external_subscription_id": f"bench-sub-{number}",
+                      "code": "api_calls", "properties": {"calls": rng.randint(1, 9)}}
+                     for i in range(start, min(start + 100, per_client))]
+            sent.append(batch)
+            for body in [batch] + ([rng.choice(sent)] if rng.random() < 0.10 else []):
+                status, seconds = post(f"{base}/events/batch", key, {"events": body})
+                with lock:
+                    latencies.append(seconds)
+                    if status != 200:
+                        errors.append(status)
+        with lock:
+            expected[f"bench-sub-{number}"] = sum(e["properties"]["calls"] for b in sent for e in b)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(options.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    if errors:
+        sys.exit(f"{len(errors)} requests failed: {errors[:10]}")
+    latencies.sort()
+    return {"rate": per_client * options.clients / elapsed, "p50": statistics.median(latencies),
+            "p95": latencies[int(len(latencies) * 0.95) - 1], "expected": expected,
+            "replayed": (len(latencies) - per_client * options.clients // 100) * 100}
+
+
+def run_raw(dsn, options):
+    rows = [(1, f"raw-{n}", f"bench-sub-{n % options.clients}", "api_calls", json.dumps({"calls": 1}), "fp")
+            for n in range(options.events)]
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE bench_events (LIKE fusion_billing_event INCLUDING ALL)")
+        started = time.monotonic()
+        for start in range(0, len(rows), 100):
+            execute_values(cursor, """INSERT INTO bench_events (service_id, transaction_id, external_subscription_id,
+                                      code, properties, fingerprint, timestamp, state) VALUES %s
+                                      ON CONFLICT DO NOTHING""", rows[start:start + 100],
+                           template="(%s, %s, %s, %s, %s, %s, now(), 'processed')")
+            connection.commit()
+        return len(rows) / (time.monotonic() - started)
+
+
+def verify(dsn, service_id, expected):
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT external_subscription_id, count(*) FROM fusion_billing_event WHERE service_id = %s "
+                       "GROUP BY 1", [service_id])
+        stored = dict(cursor.fetchall())
+        cursor.execute("""SELECT o.x_fc_external_id, sum(u.quantity) FROM fusion_billing_usage u
+                            JOIN sale_order o ON o.id = u.subscription_id
+                           WHERE o.x_fc_service_id = %s GROUP BY 1""", [service_id])
+        usage = {key: float(total) for key, total in cursor.fetchall()}
+    sent_events = sum(stored.values())
+    lost = {k: v for k, v in expected.items() if usage.get(k) != v}
+    print(f"stored: {sent_events} events, usage totals {'match' if not lost else 'DIFFER'} "
+          f"({sum(usage.values()):.0f} units) — lost/double-counted: {len(lost)} subscriptions")
+    if lost:
+        sys.exit(f"usage differs: {lost}")
+
+
+if __name__ == "__main__":
+    main()
