@@ -14,12 +14,10 @@ The Odoo database is created with the addon installed when it does not exist. No
 """
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -29,12 +27,9 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 from psycopg2.extras import execute_values
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nexacloud_import import ADDON, odoo_args, odoo_command  # noqa: E402
+from harness import odoo_args, odoo_command, prepare_database, run_shell
 
 SETUP = """
-import json
-from odoo import Command
 service = env['fusion.billing.service'].create({'name': 'Bench %(tag)s', 'code': 'bench_%(tag)s'})
 metric = env['fusion.billing.metric'].create({'service_id': service.id, 'code': 'api_calls', 'name': 'API calls',
                                               'aggregation': 'sum', 'field_name': 'calls'})
@@ -47,17 +42,8 @@ for n in range(%(clients)s):
                               'x_fc_external_id': 'bench-sub-%%s' %% n, 'pricelist_id': service._fc_pricelist().id})
 key = env['fusion.billing.api.key']._generate(service)
 env.cr.commit()
-print('BENCH-RESULT ' + json.dumps({'key': key, 'service_id': service.id}))
+result = {'key': key, 'service_id': service.id}
 """
-
-
-def shell(args, code):
-    output = subprocess.run([odoo_command(), "shell", "--no-http", "--log-level=warn"] + args, input=code,
-                            capture_output=True, text=True).stdout
-    line = next((l for l in output.splitlines() if l.startswith("BENCH-RESULT ")), None)
-    if not line:
-        sys.exit(f"setup failed:\n{output[-3000:]}")
-    return json.loads(line.split(" ", 1)[1])
 
 
 def wait_for(url, seconds=120):
@@ -92,16 +78,9 @@ def main():
     options = parser.parse_args()
     tag = uuid.uuid4().hex[:6]
 
-    with tempfile.TemporaryDirectory() as addons:
-        os.symlink(ADDON, os.path.join(addons, "fusion_centralize_billing"))
-        args = odoo_args(options.pg, options.odoo_db, addons)
-        with psycopg2.connect(make_dsn(options.pg, dbname="postgres")) as connection, connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [options.odoo_db])
-            exists = bool(cursor.fetchone())
-        if not exists:
-            subprocess.run([odoo_command(), "-i", "fusion_centralize_billing", "--stop-after-init", "--no-http",
-                            "--log-level=warn"] + args, check=True)
-        setup = shell(args, SETUP % {"tag": tag, "clients": options.clients})
+    with odoo_args(options.pg, options.odoo_db) as args:
+        prepare_database(options.pg, options.odoo_db, args)
+        setup = run_shell(args, SETUP % {"tag": tag, "clients": options.clients}, "setup")[2]
         server = subprocess.Popen([odoo_command(), f"--workers={options.workers}", f"--http-port={options.port}",
                                    "--http-interface=127.0.0.1", f"--db-filter=^{options.odoo_db}$",
                                    "--max-cron-threads=0", "--log-level=warn", "--limit-time-real=600"] + args,

@@ -10,9 +10,10 @@ memory (max RSS of that process):
     dry_run       dry run (everything rolled back)
     real_run      real run (committed)
     rerun         the same real run again, source unchanged (must create/update nothing)
+    reconcile     issue #8: reconcile this month of the imported subscriptions against NexaCloud
 
 Each phase's net time is its time minus the baseline of the same run; the ratio column is net
-time / target (≤ 1.00 meets it). Targets: runs ≤ 300 s, re-run ≤ 120 s, memory ≤ 1024 MiB.
+time / target (≤ 1.00 meets it). Targets: runs ≤ 300 s, re-run ≤ 120 s, reconcile ≤ 300 s, memory ≤ 1024 MiB.
 
     python3 benchmarks/nexacloud_import.py --pg "host=127.0.0.1 port=5432 user=odoo" [--odoo-db bench]
 
@@ -20,63 +21,36 @@ time / target (≤ 1.00 meets it). Targets: runs ≤ 300 s, re-run ≤ 120 s, me
 created with the addon installed when it does not exist. Nothing here runs in CI.
 """
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
-ADDON = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import ADDON, odoo_args, prepare_database, print_table, run_shell
+
 sys.path.insert(0, ADDON)
 from core import nexacloud_sample  # noqa: E402
 
-TARGETS = {"test": 300, "dry_run": 300, "real_run": 300, "rerun": 120}
-MEMORY_TARGET_MIB = 1024
+TARGETS = {"test": 300, "dry_run": 300, "real_run": 300, "rerun": 120, "reconcile": 300}
+RUN = ("w = env['fusion.billing.nexacloud.import'].create({{'dry_run': {dry}}})\nw.action_run_import()\n"
+       "env.cr.commit()\nw._cron_run_queued_imports()\nenv.cr.commit()\n"
+       "result = {{'state': w.state, 'banner': w.banner, 'message': w.banner_message}}")
 PHASES = {
     "baseline": "result = {}",
     "test": "w = env['fusion.billing.nexacloud.import'].create({})\nw.action_test_connection()\n"
             "result = {'reachable': 'Reachable.' in w.connection_report}",
-    "dry_run": "w = env['fusion.billing.nexacloud.import'].create({'dry_run': True})\nw.action_run_import()\n"
-               "result = {'banner': w.banner, 'message': w.banner_message}",
-    "real_run": "w = env['fusion.billing.nexacloud.import'].create({'dry_run': False})\nw.action_run_import()\n"
-                "env.cr.commit()\nresult = {'banner': w.banner, 'message': w.banner_message}",
+    # Run Import queues the run; the background job (called here as the scheduler would) runs it.
+    "dry_run": RUN.format(dry=True),
+    "real_run": RUN.format(dry=False),
+    "rerun": RUN.format(dry=False),
+    # Issue #8: reconcile the current period of the imported service against NexaCloud's own tables.
+    "reconcile": "from datetime import date\nfrom odoo.addons.fusion_centralize_billing.core import periods\n"
+                 "s = env['fusion.billing.service'].search([('code', '=', 'nexacloud')], limit=1)\n"
+                 "start = date.today().replace(day=1)\nend = periods.add_period(start, 'month', 1)\n"
+                 "summary = env['fusion.billing.reconciliation']._run(s, start, end, s._fc_source_bills(start, end))\n"
+                 "env.cr.commit()\nresult = summary['counts']",
 }
-PHASES["rerun"] = PHASES["real_run"]
-
-
-def odoo_command():
-    for name in ("odoo", "odoo-bin"):
-        if shutil.which(name):
-            return shutil.which(name)
-    sys.exit("no 'odoo' command on PATH")
-
-
-def odoo_args(pg, database, addons):
-    params = parse_dsn(pg)
-    flags = {"host": "--db_host", "port": "--db_port", "user": "--db_user", "password": "--db_password"}
-    return ["-d", database, f"--addons-path={addons},{ADDON}/.ci/addons"] + [
-        f"{flag}={params[key]}" for key, flag in flags.items() if params.get(key)]
-
-
-def run_phase(name, args, dsn):
-    code = (f"import json, resource\nenv['ir.config_parameter'].set_param('fusion_billing.nexacloud_dsn', {dsn!r})\n"
-            f"{PHASES[name]}\nresult['peak_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "print('BENCH-RESULT ' + json.dumps(result))\n")
-    started = time.monotonic()
-    process = subprocess.Popen([odoo_command(), "shell", "--no-http", "--log-level=warn"] + args,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = process.communicate(code)
-    seconds = time.monotonic() - started
-    line = next((l for l in output.splitlines() if l.startswith("BENCH-RESULT ")), None)
-    if process.returncode or not line:
-        sys.exit(f"phase {name} failed:\n{output[-4000:]}")
-    result = json.loads(line.split(" ", 1)[1])
-    return seconds, result.pop("peak_kib") / 1024, result
 
 
 def main():
@@ -95,8 +69,6 @@ def main():
         cursor.execute(f"DROP DATABASE IF EXISTS {source_db} WITH (FORCE)")
         cursor.execute(f"DROP ROLE IF EXISTS {role}")
         cursor.execute(f"CREATE DATABASE {source_db}")
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [options.odoo_db])
-        odoo_db_exists = bool(cursor.fetchone())
     started = time.monotonic()
     with psycopg2.connect(make_dsn(options.pg, dbname=source_db)) as connection, connection.cursor() as cursor:
         nexacloud_sample.load_scale(cursor, users=options.users, subscriptions=options.subscriptions,
@@ -107,23 +79,11 @@ def main():
     params = parse_dsn(options.pg)
     ro_dsn = make_dsn(host=params.get("host", "127.0.0.1"), port=params.get("port", "5432"), dbname=source_db,
                       user=role, password=password)
-
-    with tempfile.TemporaryDirectory() as addons:
-        os.symlink(ADDON, os.path.join(addons, "fusion_centralize_billing"))
-        args = odoo_args(options.pg, options.odoo_db, addons)
-        if not odoo_db_exists:
-            print(f"creating Odoo database {options.odoo_db} with the addon installed…")
-            subprocess.run([odoo_command(), "-i", "fusion_centralize_billing", "--stop-after-init", "--no-http",
-                            "--log-level=warn"] + args, check=True)
-        results = {name: run_phase(name, args, ro_dsn) for name in PHASES}
-    boot = results["baseline"][0]
-    print(f"\n{'phase':<10} {'seconds':>8} {'net s':>8} {'target s':>9} {'ratio':>6} {'peak MiB':>9} {'mem ratio':>9}  result")
-    for name, (seconds, peak, result) in results.items():
-        net = max(seconds - boot, 0.0) if name != "baseline" else seconds
-        target = TARGETS.get(name)
-        ratio = f"{net / target:.2f}" if target else "-"
-        print(f"{name:<10} {seconds:8.1f} {net:8.1f} {target or '-':>9} {ratio:>6} {peak:9.0f} "
-              f"{peak / MEMORY_TARGET_MIB:9.2f}  {json.dumps(result, ensure_ascii=False)[:160]}")
+    with odoo_args(options.pg, options.odoo_db) as args:
+        prepare_database(options.pg, options.odoo_db, args)
+        set_dsn = f"env['ir.config_parameter'].set_param('fusion_billing.nexacloud_dsn', {ro_dsn!r})\nenv.cr.commit()\n"
+        results = {name: run_shell(args, set_dsn + code, name) for name, code in PHASES.items()}
+    print_table(results, TARGETS)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 import secrets
 
-from odoo import api, fields, models
+from odoo import Command, api, fields, models
 from odoo.exceptions import AccessError, UserError, ValidationError
 
 from ..core import nexacloud, periods, reconcile
@@ -198,6 +198,9 @@ class FusionBillingService(models.Model):
                         if token:
                             order.payment_token_id = token
                             with_token += 1
+                        plan = order.plan_id
+                        if plan.x_fc_product_id and plan.x_fc_product_id not in order.order_line.product_id:
+                            order.order_line = [Command.create(plan._fc_base_fee_line_values())]  # imported drafts
                         order.action_confirm()
                         order._fc_notify("subscription.updated")
                         confirmed += 1

@@ -5,9 +5,9 @@ from datetime import timedelta
 import requests
 
 from odoo import api, fields, models
-from odoo.modules import module
 
 from ..core import signing
+from . import batch_jobs
 
 _logger = logging.getLogger(__name__)
 
@@ -83,23 +83,19 @@ class FusionBillingWebhook(models.Model):
         deliveries of one row at once, across workers) and a row is held back while an
         older one about the same object is still in flight, so each object's events arrive in order."""
         while True:
-            self.env.flush_all()
-            self.env.cr.execute("""
+            webhooks = self.browse(batch_jobs.claim(self.env, """
                 SELECT w.id FROM fusion_billing_webhook w
                  WHERE w.state IN ('pending', 'retrying') AND w.next_attempt_at <= %s
                    AND NOT EXISTS (SELECT 1 FROM fusion_billing_webhook older
                                     WHERE older.object_ref = w.object_ref AND older.service_id = w.service_id
                                       AND older.id < w.id AND older.state IN ('pending', 'retrying'))
                  ORDER BY w.id
-                 LIMIT %s FOR UPDATE OF w SKIP LOCKED""", (fields.Datetime.now(), batch_size))
-            webhooks = self.browse([row[0] for row in self.env.cr.fetchall()])
+                 LIMIT %s FOR UPDATE OF w SKIP LOCKED""", (fields.Datetime.now(), batch_size)))
             if not webhooks:
                 return
             for webhook in webhooks:
                 webhook._deliver()
-            if module.current_test:
-                continue  # tests run in one transaction
-            if not self.env["ir.cron"]._commit_progress(len(webhooks)):
+            if not batch_jobs.commit_batch(self.env, len(webhooks)):
                 return
 
     def _deliver(self):

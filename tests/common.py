@@ -161,7 +161,11 @@ class NexacloudSourceCase(FusionBillingCase):
             connection.close()
 
     def run_import(self, dry_run=False, user=None):
+        """Press Run Import, then let the background job run it (as the scheduler would)."""
         wizard = self.env["fusion.billing.nexacloud.import"].with_user(user or self.billing_admin).create(
             {"dry_run": dry_run})
         wizard.action_run_import()
+        self.assertEqual(wizard.state, "queued")
+        self.env["fusion.billing.nexacloud.import"]._cron_run_queued_imports()
+        self.assertEqual(wizard.state, "done", wizard.error)
         return wizard

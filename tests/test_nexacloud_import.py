@@ -132,6 +132,17 @@ class TestNexacloudImport(NexacloudSourceCase):
             other.rollback()
             other.close()
 
+    def test_a_second_queued_import_is_refused_and_a_failing_run_is_reported(self):
+        first = self.wizard(dry_run=True)
+        first.action_run_import()
+        with self.assertRaisesRegex(UserError, "already queued or running"):
+            self.wizard(dry_run=True).action_run_import()
+        self.admin_sql("ALTER TABLE deployments DROP COLUMN vcpu")  # the source changes before the job runs
+        self.env["fusion.billing.nexacloud.import"]._cron_run_queued_imports()
+        self.assertEqual(first.state, "failed")
+        self.assertIn("deployments: vcpu", first.error)
+        self.assertFalse(self.imported_orders())
+
     # ------------------------------------------------------------------ real run
     def test_real_run_is_shadow_safe_and_complete(self):
         source_before = self.source_snapshot()
@@ -156,7 +167,8 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertEqual(first.x_fc_stripe_subscription_id, "sub_1")
         self.assertEqual(first.x_fc_source_status, "active")
         self.assertEqual(first.plan_id.x_fc_plan_code, "starter")
-        self.assertEqual(first.amount_untaxed, 19.0)
+        self.assertEqual(first.plan_id.x_fc_amount, 19.0)
+        self.assertFalse(first.order_line, "the base fee line is added on activation")
         self.assertEqual(str(first.start_date), "2026-11-01")
         usd = orders.filtered(lambda o: o.x_fc_external_id == sid("s", 5))
         self.assertEqual(usd.currency_id.name, "USD")

@@ -5,7 +5,9 @@ from datetime import timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest.mock import patch
 
-from odoo import fields
+from odoo import SUPERUSER_ID, api, fields
+from odoo.orm.environments import Transaction
+from odoo.sql_db import db_connect
 from odoo.tests import tagged
 from odoo.tools import mute_logger
 
@@ -172,3 +174,52 @@ class TestWebhooks(FusionBillingCase):
         digest = self._queue().filtered(lambda w: w.event_type == "events.errors")
         self.assertEqual(json.loads(digest.payload)["events_errors"]["invalid_code"], ["bad"])
         self.assertEqual(order.x_fc_usage_ids.quantity, 180)
+
+    def test_two_workers_never_send_the_same_row_twice(self):
+        """Two real database sessions (as two Odoo workers) deliver one committed queue concurrently."""
+        dbname, registry = self.env.cr.dbname, self.env.registry
+        receiver = Receiver()
+        self.addCleanup(receiver.server.server_close)
+
+        @contextmanager
+        def worker_env():
+            cr = db_connect(dbname).cursor()
+            cr.transaction = Transaction(registry)  # the registry lock is held by the test runner
+            try:
+                yield api.Environment(cr, SUPERUSER_ID, {"tracking_disable": True, "fc_real_transactions": True})
+                cr.commit()
+            finally:
+                cr.close()
+
+        with worker_env() as env:  # committed, so that both sessions see it
+            service = env["fusion.billing.service"].create({
+                "name": "Two workers", "code": "two_workers", "billing_mode": "live",
+                "webhook_url": receiver.url, "webhook_secret": SECRET})
+            for number in range(120):
+                env["fusion.billing.webhook"]._enqueue(service, "customer.created",
+                                                       obj={"external_id": f"cus_{number}"})
+            service_id = service.id
+
+        def cleanup():
+            with worker_env() as env:
+                env["fusion.billing.webhook"].search([("service_id", "=", service_id)]).unlink()
+                env["fusion.billing.service"].browse(service_id).unlink()
+        self.addCleanup(cleanup)
+
+        def deliver():
+            with worker_env() as env:
+                env["fusion.billing.webhook"]._cron_deliver(batch_size=10)
+
+        with receiver.running():
+            workers = [threading.Thread(target=deliver) for _ in range(2)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(120)
+        with worker_env() as env:
+            queue = env["fusion.billing.webhook"].search([("service_id", "=", service_id)])
+            states, keys = set(queue.mapped("state")), sorted(queue.mapped("unique_key"))
+        received = [key for key, _type, _ref in receiver.received]
+        self.assertEqual(states, {"sent"})
+        self.assertEqual(len(received), 120)
+        self.assertEqual(sorted(received), keys, "every row exactly once")

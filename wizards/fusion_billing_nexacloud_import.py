@@ -6,11 +6,13 @@ from odoo import api, fields, models
 from odoo.exceptions import AccessError, UserError
 
 from ..core import nexacloud
+from ..models.batch_jobs import real_transactions
 from .nexacloud_import_run import ENTITIES, OUTCOMES, ImportRun
 
 _logger = logging.getLogger(__name__)
 
 DSN_PARAMETER = "fusion_billing.nexacloud_dsn"
+PROGRESS_PARAMETER = "fusion_billing.nexacloud_import_progress"
 IMPORT_LOCK = 0x46434249  # pg advisory lock key ("FCBI"): one NexaCloud import at a time, across workers
 ENTITY_LABELS = {
     "metrics": "Billable metrics", "plans": "Catalog plans", "charges": "Usage charges", "partners": "Contacts",
@@ -31,6 +33,13 @@ class FusionBillingNexacloudImport(models.TransientModel):
 
     dry_run = fields.Boolean(
         default=True, help="Compute the whole import and report it, then roll everything back.")
+    state = fields.Selection(
+        [("draft", "Ready"), ("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")],
+        default="draft", readonly=True,
+        help="Runs happen in the background (a scheduled action), so a large import never hits the "
+             "web worker's time limit; refresh to follow it.")
+    progress = fields.Char(compute="_compute_progress")
+    error = fields.Text(readonly=True)
     source_display = fields.Char(string="Source", compute="_compute_source_display")
     connection_report = fields.Html(readonly=True, sanitize=False)
     result_summary = fields.Html(readonly=True, sanitize=False)
@@ -42,6 +51,14 @@ class FusionBillingNexacloudImport(models.TransientModel):
     failed_count = fields.Integer(readonly=True)
     skipped_count = fields.Integer(readonly=True)
     warning_count = fields.Integer(readonly=True)
+
+    @api.depends("state")
+    def _compute_progress(self):
+        # Kept in a parameter, not on this row: the run's own transaction updates the row at the
+        # end, and a concurrent update of the same row would make that fail (repeatable read).
+        wizard_id, _sep, text = (self.env["ir.config_parameter"].sudo().get_param(PROGRESS_PARAMETER) or "").partition(":")
+        for wizard in self:
+            wizard.progress = text if wizard.state in ("queued", "running") and wizard_id == str(wizard.id) else False
 
     @api.depends_context("uid")
     def _compute_source_display(self):
@@ -58,6 +75,12 @@ class FusionBillingNexacloudImport(models.TransientModel):
         raw = self.env["ir.config_parameter"].sudo().get_param(DSN_PARAMETER)
         try:
             return nexacloud.normalise_dsn(raw)
+        except nexacloud.SourceError as error:
+            raise UserError(str(error)) from None
+
+    def _open_source(self):
+        try:
+            return nexacloud.Source(self._source_dsn()[0])
         except nexacloud.SourceError as error:
             raise UserError(str(error)) from None
 
@@ -90,29 +113,77 @@ class FusionBillingNexacloudImport(models.TransientModel):
         return self._reopen()
 
     def action_run_import(self):
+        """Queue the run for the background job (the button returns at once)."""
         self.ensure_one()
         if not self.dry_run and not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_manager"):
             raise AccessError(self.env._("Only Fusion Billing administrators can run a real import; "
                                          "tick Dry run to preview it."))
-        dsn, notes = self._source_dsn()
+        self._open_source().close()  # fail fast: unreachable source or missing columns
         self._acquire_lock()
-        try:
-            source = nexacloud.Source(dsn)
-        except nexacloud.SourceError as error:
-            raise UserError(str(error)) from None
+        if self.sudo().search_count([("state", "in", ("queued", "running")), ("id", "!=", self.id)]):
+            raise UserError(self.env._(
+                "A NexaCloud import is already queued or running. Wait for it to finish, then run again: "
+                "re-runs are safe."))
+        self.write({"state": "queued", "error": False})
+        self._report_progress(self.env._("queued, starting shortly"))
+        self.env.ref("fusion_centralize_billing.ir_cron_nexacloud_import").sudo()._trigger()
+        return self._reopen()
+
+    def action_refresh(self):
+        return self._reopen()
+
+    @api.model
+    def _cron_run_queued_imports(self):
+        """Run queued imports one after the other, each in its own transaction."""
+        for wizard in self.search([("state", "=", "queued")], order="id"):
+            wizard.state = "running"
+            wizard._report_progress(self.env._("running since %s UTC", fields.Datetime.now()))
+            self._commit()
+            try:
+                wizard.with_user(wizard.create_uid)._execute()
+                wizard.state = "done"
+            except UserError as error:
+                self._rollback()
+                wizard.write({"state": "failed", "error": str(error)})
+            self._commit()
+
+    def _report_progress(self, text):
+        """Visible progress, committed apart from the run's own (possibly rolled back) transaction."""
+        if not real_transactions(self.env):
+            return
+        with self.env.registry.cursor() as cr:
+            api.Environment(cr, self.env.uid, {})["ir.config_parameter"].sudo().set_param(
+                PROGRESS_PARAMETER, f"{self.id}:{text}")
+
+    def _commit(self):
+        if real_transactions(self.env):
+            self.env.cr.commit()
+
+    def _rollback(self):
+        if real_transactions(self.env):
+            self.env.cr.rollback()
+        else:
+            self.env.invalidate_all()
+
+    def _execute(self):
+        """The run itself: one consistent source snapshot, one Odoo transaction (or savepoint if dry)."""
+        self.ensure_one()
+        notes = self._source_dsn()[1]
+        self._acquire_lock()
+        source = self._open_source()
         env = self.sudo().env(context=dict(self.env.context, fusion_billing_dry_run=self.dry_run))
         with source:
             try:
                 if self.dry_run:
                     try:
                         with self.env.cr.savepoint():
-                            run = ImportRun(env, self.with_env(env)._service()).run(source)
+                            run = ImportRun(env, self.with_env(env)._service(), self._report_progress).run(source)
                             raise _DryRunRollback
                     except _DryRunRollback:
                         self.env.invalidate_all()
                 else:
                     service = self.with_env(env)._service()
-                    run = ImportRun(env, service).run(source)
+                    run = ImportRun(env, service, self._report_progress).run(source)
             except nexacloud.SourceError as error:
                 raise UserError(str(error)) from None
         self._store(run, notes)

@@ -1,7 +1,8 @@
 """The NexaCloud import itself: source rows (streamed, planned by ``core.nexacloud``) → Odoo upserts.
 
 Shadow-safe by construction: subscriptions are created as draft quotations and never
-confirmed, no payment token is touched, Stripe ids are kept for information, catalog charges
+confirmed (they carry their catalog plan; the plan's base-fee line is added when an
+administrator activates them after the cutover, which keeps a 25,000-row import fast), no payment token is touched, Stripe ids are kept for information, catalog charges
 get no plan reference, nothing is posted, e-mailed or webhooked. Idempotent: every record is
 found again by its source key and only written when a value differs.
 
@@ -38,7 +39,7 @@ def batches(rows, size=BATCH):
 class ImportRun:
     """One run (dry or real) over one read-only source snapshot; collects counts and report lines."""
 
-    def __init__(self, env, service):
+    def __init__(self, env, service, on_progress=None):
         self.env = env(context=dict(env.context, **QUIET))
         self.service = service.with_env(self.env)
         self.counts = {entity: dict.fromkeys(OUTCOMES, 0) for entity in ENTITIES}
@@ -50,6 +51,8 @@ class ImportRun:
         self.plan_period = {}      # plan record id → (unit, value)
         self.links = {}            # source user id → (link id, partner id)
         self.subs = {}             # source subscription id → (order id, anchor date, plan record id)
+        self.on_progress = on_progress or (lambda text: None)
+        self.read = dict.fromkeys(("users", "subscriptions", "deployments"), 0)
 
     # ------------------------------------------------------------------ bookkeeping
     def count(self, entity, outcome, number=1):
@@ -84,6 +87,10 @@ class ImportRun:
             except Exception as error:  # noqa: BLE001 — reported, never aborts the run
                 self.report(entity, table, source_id, "failed", _reason(error))
                 on_failure(source_id)
+
+    def tick(self, table, rows):
+        self.read[table] += rows
+        self.on_progress(", ".join(f"{count} {name}" for name, count in self.read.items() if count) + " read")
 
     # ------------------------------------------------------------------ run
     def run(self, source):
@@ -215,6 +222,7 @@ class ImportRun:
                     creates.append((user_id, (values, partners.get(values["email"]))))
             self.isolated("account_links", "users", updates, self._update_links, self._mark_failed_user)
             self.isolated("account_links", "users", creates, self._create_links, self._mark_failed_user)
+            self.tick("users", len(chunk))
 
     def _mark_failed_user(self, user_id):
         self.user_state[user_id] = nexacloud.FAIL
@@ -344,6 +352,7 @@ class ImportRun:
                     creates.append((sub_id, (wanted, plan)))
             self.isolated("subscriptions", "subscriptions", updates, self._update_subs, self._mark_failed_sub)
             self.isolated("subscriptions", "subscriptions", creates, self._create_subs, self._mark_failed_sub)
+            self.tick("subscriptions", len(chunk))
 
     def _mark_failed_sub(self, sub_id):
         self.sub_state[sub_id] = nexacloud.FAIL
@@ -351,8 +360,7 @@ class ImportRun:
 
     def _order_values(self, sub_id, wanted, plan):
         values = dict(wanted, x_fc_service_id=self.service.id, x_fc_external_id=sub_id,
-                      company_id=self.service.company_id.id, pricelist_id=self.pricelist_of[plan.id],
-                      order_line=[Command.create(plan._fc_base_fee_line_values())] if plan.x_fc_product_id else [])
+                      company_id=self.service.company_id.id, pricelist_id=self.pricelist_of[plan.id])
         if self.env.context.get("fusion_billing_dry_run"):
             values["name"] = "/"  # no sequence number is consumed by a dry run
         return values
@@ -375,8 +383,8 @@ class ImportRun:
             diff = _diff(current, wanted)
             order = Order.browse(current["id"])
             if diff:
-                if "plan_id" in diff and plan.x_fc_product_id:
-                    diff["order_line"] = [Command.clear(), Command.create(plan._fc_base_fee_line_values())]
+                if "plan_id" in diff:  # the new plan's base fee is added when the subscription is activated
+                    diff["order_line"] = [Command.unlink(line.id) for line in order.order_line]
                 order.write(diff)
             outcomes.append((sub_id, order.id, wanted["start_date"] or order.date_order.date(), plan.id, bool(diff)))
 

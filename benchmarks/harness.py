@@ -1,0 +1,76 @@
+"""Shared plumbing of the benchmark scripts: find Odoo, prepare a database, run code in `odoo shell`."""
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg2
+from psycopg2.extensions import make_dsn, parse_dsn
+
+ADDON = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEMORY_TARGET_MIB = 1024
+
+
+def odoo_command():
+    for name in ("odoo", "odoo-bin"):
+        if shutil.which(name):
+            return shutil.which(name)
+    sys.exit("no 'odoo' command on PATH")
+
+
+@contextlib.contextmanager
+def odoo_args(pg, database):
+    """Command-line arguments selecting ``database`` on server ``pg`` with this addon on the path."""
+    params = parse_dsn(pg)
+    flags = {"host": "--db_host", "port": "--db_port", "user": "--db_user", "password": "--db_password"}
+    with tempfile.TemporaryDirectory() as addons:
+        os.symlink(ADDON, os.path.join(addons, "fusion_centralize_billing"))
+        yield ["-d", database, f"--addons-path={addons},{ADDON}/.ci/addons"] + [
+            f"{flag}={params[key]}" for key, flag in flags.items() if params.get(key)]
+
+
+def prepare_database(pg, database, args):
+    """Create the Odoo database with the addon installed, or upgrade the addon in it."""
+    with psycopg2.connect(make_dsn(pg, dbname="postgres")) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+        exists = bool(cursor.fetchone())
+    print(f"{'updating' if exists else 'creating'} Odoo database {database} with the addon…", flush=True)
+    subprocess.run([odoo_command(), "-u" if exists else "-i", "fusion_centralize_billing", "--stop-after-init",
+                    "--no-http", "--log-level=warn"] + args, check=True)
+
+
+def run_shell(args, code, label):
+    """Run ``code`` (which must set ``result``, a dict) in a fresh ``odoo shell`` process.
+
+    Returns ``(wall seconds, peak RSS MiB of that process, result)``.
+    """
+    code = (f"import json, resource\n{code}\n"
+            "result['peak_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print('BENCH-RESULT ' + json.dumps(result, default=str))\n")
+    started = time.monotonic()
+    process = subprocess.run([odoo_command(), "shell", "--no-http", "--log-level=warn"] + args, input=code,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.monotonic() - started
+    line = next((l for l in process.stdout.splitlines() if l.startswith("BENCH-RESULT ")), None)
+    if process.returncode or not line:
+        sys.exit(f"{label} failed:\n{process.stdout[-4000:]}")
+    result = json.loads(line.split(" ", 1)[1])
+    print(f"  {label}: {seconds:.1f} s", flush=True)
+    return seconds, result.pop("peak_kib") / 1024, result
+
+
+def print_table(results, targets, baseline="baseline"):
+    """Phase table: net time = time minus the baseline phase's (Odoo boot) of the same run."""
+    boot = results[baseline][0]
+    print(f"\n{'phase':<12} {'seconds':>8} {'net s':>8} {'target s':>9} {'ratio':>6} {'peak MiB':>9} "
+          f"{'mem ratio':>9}  result")
+    for name, (seconds, peak, result) in results.items():
+        net = seconds if name == baseline else max(seconds - boot, 0.0)
+        target = targets.get(name)
+        ratio = f"{net / target:.2f}" if target else "-"
+        print(f"{name:<12} {seconds:8.1f} {net:8.1f} {target or '-':>9} {ratio:>6} {peak:9.0f} "
+              f"{peak / MEMORY_TARGET_MIB:9.2f}  {json.dumps(result, ensure_ascii=False)[:200]}")

@@ -1,0 +1,40 @@
+"""How the queue-draining cron jobs claim and commit work, safely with several Odoo workers."""
+import psycopg2.errors
+
+from odoo.modules import module
+from odoo.tools import mute_logger
+
+CLAIM_RETRIES = 5
+
+
+def real_transactions(env):
+    """Whether batches may be committed: always in production; in a test only when it drives
+    real database sessions (context ``fc_real_transactions``), never on the test's own cursor."""
+    return not module.current_test or env.context.get("fc_real_transactions")
+
+
+def claim(env, query, params):
+    """Ids locked by ``query`` (a ``SELECT id … FOR UPDATE SKIP LOCKED``) in a fresh transaction.
+
+    Odoo runs REPEATABLE READ: a row another worker updated and committed after this transaction
+    started cannot be locked (serialization failure). Nothing was done with it yet, so start a
+    new transaction and claim again.
+    """
+    for attempt in range(CLAIM_RETRIES):
+        env.flush_all()
+        try:
+            with mute_logger("odoo.sql_db"), env.cr.savepoint(flush=False):  # an expected conflict, not an error
+                env.cr.execute(query, params)
+                return [row[0] for row in env.cr.fetchall()]
+        except psycopg2.errors.SerializationFailure:
+            if not real_transactions(env) or attempt == CLAIM_RETRIES - 1:
+                raise
+            env.cr.rollback()
+    return []
+
+
+def commit_batch(env, processed):
+    """Commit a finished batch; False when the cron job is out of time (the next run resumes)."""
+    if not real_transactions(env):
+        return True  # a test runs in one transaction that must not be committed
+    return bool(env["ir.cron"]._commit_progress(processed))
