@@ -41,6 +41,7 @@ class Router:
     """(verb, 'customers/<external_id>/current_usage') → handler name; matching is by segment."""
 
     def __init__(self, table):
+        self.table = list(table)
         self.routes = [(verb, self._compile(pattern), handler) for verb, pattern, handler in table]
 
     @staticmethod

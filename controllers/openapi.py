@@ -103,6 +103,14 @@ SCHEMAS = {
         "amount_cents": CENTS, "taxes_amount_cents": CENTS, "total_amount_cents": CENTS,
         "charges_usage": {"type": "array", "items": {"type": "object"}},
     }, ["from_datetime", "to_datetime", "currency", "amount_cents", "charges_usage"]),
+    "AppBill": _object({
+        "external_subscription_id": {"type": "string", "minLength": 1},
+        "period_start": {"type": "string", "format": "date"}, "period_end": {"type": "string", "format": "date"},
+        "external_customer_id": NULLABLE_STRING, "currency": NULLABLE_STRING, "plan_code": NULLABLE_STRING,
+        "base_fee_cents": {"type": "integer", "nullable": True}, "tax_cents": {"type": "integer", "nullable": True},
+        "usage": {"type": "object", "additionalProperties": {"type": "integer"}},
+    }, ["external_subscription_id", "period_start", "period_end"]),
+    "AppBillsReceived": _object({"received": {"type": "integer"}}, ["received"]),
 }
 
 PAGE_PARAMETERS = [
@@ -211,6 +219,13 @@ def document(base_path):
                                                     _query_param("issuing_date_to")])},
         "/invoices/{lago_id}": {"get": _op("Find an invoice", _single("invoice", "Invoice"), ("401", "404"),
                                            [_path_param("lago_id")])},
+        "/openapi.json": {"get": dict(_op("This document (public)", {"description": "OK", "content": {
+            "application/json": {"schema": {"type": "object"}}}}, errors=()), security=[])},
+        "/reconciliation/app_bills": {"post": _op(
+            "Dual run: amounts the app billed that Odoo cannot derive (minor units), per subscription and period",
+            _single("app_bills", "AppBillsReceived"), body={"required": True, "content": {"application/json": {
+                "schema": _object({"app_bills": {"type": "array", "minItems": 1, "items": _ref("AppBill")}},
+                                  ["app_bills"])}}})},
         "/invoices/{lago_id}/download": {"post": _op(
             "Render the invoice PDF; answers the invoice with file_url", _single("invoice", "Invoice"), ("401", "404"),
             [_path_param("lago_id")])},

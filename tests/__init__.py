@@ -5,3 +5,4 @@ from . import test_usage_billing
 from . import test_webhooks
 from . import test_nexacloud_import
 from . import test_reconciliation
+from . import test_openapi

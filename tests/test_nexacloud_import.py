@@ -143,6 +143,13 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertIn("deployments: vcpu", first.error)
         self.assertFalse(self.imported_orders())
 
+    def test_a_run_that_died_does_not_block_the_next_one(self):
+        dead = self.wizard(dry_run=True)
+        dead.state = "running"  # its worker was killed: the state stayed, its transaction (and lock) did not
+        self.run_import(dry_run=True)
+        self.assertEqual(dead.state, "failed")
+        self.assertIn("Interrupted", dead.error)
+
     # ------------------------------------------------------------------ real run
     def test_real_run_is_shadow_safe_and_complete(self):
         source_before = self.source_snapshot()

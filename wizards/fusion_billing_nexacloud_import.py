@@ -120,7 +120,10 @@ class FusionBillingNexacloudImport(models.TransientModel):
                                          "tick Dry run to preview it."))
         self._open_source().close()  # fail fast: unreachable source or missing columns
         self._acquire_lock()
-        if self.sudo().search_count([("state", "in", ("queued", "running")), ("id", "!=", self.id)]):
+        # We hold the lock, so nothing is really running: a "running" run died with its worker.
+        self.sudo().search([("state", "=", "running")]).write({"state": "failed", "error": self.env._(
+            "Interrupted (the server stopped or the job hit its time limit): nothing of it was saved. Run again.")})
+        if self.sudo().search_count([("state", "=", "queued"), ("id", "!=", self.id)]):
             raise UserError(self.env._(
                 "A NexaCloud import is already queued or running. Wait for it to finish, then run again: "
                 "re-runs are safe."))
