@@ -264,7 +264,7 @@ def validate_event(obj, now):
     else:
         check.clean["precise_total_amount_cents"] = None
     clean = check.result()
-    clean["fingerprint"] = event_fingerprint(clean)
+    clean["fingerprint"] = event_fingerprint(clean, timestamp_sent=obj.get("timestamp") is not None)
     return clean
 
 
@@ -279,13 +279,17 @@ def _jsonable(value):
     return value
 
 
-def event_fingerprint(clean):
-    """Stable hash of an event's content: equal for an exact replay, different for a conflict."""
+def event_fingerprint(clean, timestamp_sent=True):
+    """Stable hash of an event's content as sent: equal for an exact replay, different for a conflict.
+
+    A timestamp the server defaulted to "now" is not part of it: a client retrying an event it
+    sent without a timestamp is replaying it, not conflicting with it.
+    """
     canonical = json.dumps({
         "transaction_id": clean["transaction_id"],
         "external_subscription_id": clean["external_subscription_id"],
         "code": clean["code"],
-        "timestamp": clean["timestamp"].isoformat(),
+        "timestamp": clean["timestamp"].isoformat() if timestamp_sent else None,
         "properties": clean["properties"],
         "precise_total_amount_cents": None if clean.get("precise_total_amount_cents") is None
         else str(clean["precise_total_amount_cents"].normalize()),

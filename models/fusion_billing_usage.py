@@ -83,16 +83,15 @@ class FusionBillingUsage(models.Model):
             "subscription": subscription_id,
         })
         row = self.env.cr.fetchone()
-        event_ids = tuple(event.id for event in events)
         if not row:
-            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (event_ids,))
+            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s",
+                                (tuple(event.id for event in events),))
         else:
-            self.env.cr.execute("UPDATE fusion_billing_event SET usage_id = %s WHERE id IN %s", (row[0], event_ids))
             if metric.aggregation == "unique_count":
                 self._recount_unique(row[0], metric)
             self.browse(row[0])._fc_check_quota()
         self.invalidate_model()
-        self.env["fusion.billing.event"].invalidate_model(["state", "usage_id"])
+        self.env["fusion.billing.event"].invalidate_model(["state"])
 
     _MERGE_SQL = {
         "count": "usage.quantity + EXCLUDED.quantity",
@@ -132,7 +131,9 @@ class FusionBillingUsage(models.Model):
     @api.model
     def _recount_unique(self, usage_id, metric):
         self.env.cr.execute("""
-            UPDATE fusion_billing_usage SET quantity = (
-                SELECT COUNT(DISTINCT properties ->> %s) FROM fusion_billing_event
-                 WHERE usage_id = %s AND state = 'processed')
-             WHERE id = %s""", (metric.field_name, usage_id, usage_id))
+            UPDATE fusion_billing_usage usage SET quantity = (
+                SELECT COUNT(DISTINCT event.properties ->> %s) FROM fusion_billing_event event
+                 WHERE event.subscription_id = usage.subscription_id AND event.metric_id = usage.metric_id
+                   AND event.timestamp >= usage.period_start AND event.timestamp < usage.period_end
+                   AND event.state = 'processed')
+             WHERE usage.id = %s""", (metric.field_name, usage_id))

@@ -1,5 +1,5 @@
 import json
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -184,3 +184,13 @@ def test_serialisers_satisfy_the_official_python_client():
                            "charge": {"lago_id": "1", "charge_model": "standard"},
                            "billable_metric": {"lago_id": "1", "name": "m", "code": "m", "aggregation_type": "sum_agg"}}]}))
     assert lago.customer(CUSTOMER)["applicable_timezone"] == "UTC"
+
+
+def test_a_retried_event_without_timestamp_is_a_replay_not_a_conflict():
+    event = {"transaction_id": "tx_retry", "external_subscription_id": "sub_1", "code": "calls"}
+    first = lago.validate_event(dict(event), NOW)
+    retried = lago.validate_event(dict(event), NOW + timedelta(seconds=30))
+    assert first["fingerprint"] == retried["fingerprint"]
+    assert first["timestamp"] != retried["timestamp"]
+    stamped = lago.validate_event(dict(event, timestamp=int(NOW.timestamp())), NOW)
+    assert stamped["fingerprint"] != first["fingerprint"]
