@@ -135,3 +135,20 @@ class TestUsageBilling(FusionBillingApiCase):
         self.assertFalse(order.x_fc_usage_due_date, "nothing left to close")
         self._close("2025-02-02")
         self.assertEqual(len(self._usage_invoices(order)), 1)
+
+    def test_unique_count_counts_distinct_values_across_batches_of_the_period(self):
+        metric = self.env["fusion.billing.metric"].create({
+            "service_id": self.service.id, "name": "Active users", "code": "active_users",
+            "aggregation": "unique_count", "field_name": "user"})
+        order = self._subscribe()
+        for batch in (("ann", "bob", "ann"), ("bob", "cyd")):
+            events = [{"transaction_id": f"u-{len(batch)}-{i}", "external_subscription_id": "sub_jan",
+                       "code": "active_users", "timestamp": ts(2025, 1, 5 + i), "properties": {"user": user}}
+                      for i, user in enumerate(batch)]
+            self.assertEqual(self.api("POST", "events/batch", {"events": events}).status_code, 200)
+        february = {"transaction_id": "u-feb", "external_subscription_id": "sub_jan", "code": "active_users",
+                    "timestamp": ts(2025, 2, 2), "properties": {"user": "dee"}}
+        self.assertEqual(self.api("POST", "events", {"event": february}).status_code, 200)
+        usage = order.x_fc_usage_ids.filtered(lambda u: u.metric_id == metric).sorted("period_start")
+        self.assertEqual([(str(u.period_start), u.quantity, u.events_count) for u in usage],
+                         [("2025-01-01", 3.0, 5), ("2025-02-01", 1.0, 1)])
