@@ -12,7 +12,6 @@ zero double-counted).
 
 The Odoo database is created with the addon installed when it does not exist. Not run by CI.
 """
-import argparse
 import json
 import random
 import statistics
@@ -28,7 +27,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 from psycopg2.extras import execute_values
 
-from harness import odoo_args, odoo_command, prepare_database, run_shell
+from harness import argument_parser, odoo_args, odoo_command, prepare_database, run_shell
 
 SETUP = """
 service = env['fusion.billing.service'].create({'name': 'Bench %(tag)s', 'code': 'bench_%(tag)s'})
@@ -72,9 +71,7 @@ def post(url, key, body):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pg", required=True, help="admin libpq DSN of the PostgreSQL server")
-    parser.add_argument("--odoo-db", default="fusion_billing_bench")
+    parser = argument_parser(__doc__)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)

@@ -1,4 +1,5 @@
 """Shared plumbing of the benchmark scripts: find Odoo, prepare a database, run code in `odoo shell`."""
+import argparse
 import contextlib
 import json
 import os
@@ -13,6 +14,14 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 ADDON = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_TARGET_MIB = 1024
+
+
+def argument_parser(doc, default_db="fusion_billing_bench"):
+    """The options every benchmark takes: the PostgreSQL server and the Odoo database."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", required=True, help="admin libpq DSN of the PostgreSQL server")
+    parser.add_argument("--odoo-db", default=default_db)
+    return parser
 
 
 def odoo_command():

@@ -20,14 +20,13 @@ time / target (≤ 1.00 meets it). Targets: runs ≤ 300 s, re-run ≤ 120 s, re
 ``--pg`` is an admin libpq DSN of the PostgreSQL server Odoo uses. The Odoo database is
 created with the addon installed when it does not exist. Nothing here runs in CI.
 """
-import argparse
 import sys
 import time
 
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from harness import ADDON, odoo_args, prepare_database, print_table, run_shell
+from harness import ADDON, argument_parser, odoo_args, prepare_database, print_table, run_shell
 
 sys.path.insert(0, ADDON)
 from core import nexacloud_sample  # noqa: E402
@@ -54,9 +53,7 @@ PHASES = {
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pg", required=True, help="admin libpq DSN of the PostgreSQL server")
-    parser.add_argument("--odoo-db", default="fusion_billing_bench")
+    parser = argument_parser(__doc__)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--subscriptions", type=int, default=25_000)
     parser.add_argument("--deployments", type=int, default=60_000)

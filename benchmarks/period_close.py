@@ -15,9 +15,8 @@ Prints wall time, net time (minus the baseline), the ratio to the 600 s target a
 
     python3 benchmarks/period_close.py --pg "host=127.0.0.1 port=5432 user=odoo" [--odoo-db bench]
 """
-import argparse
 
-from harness import odoo_args, prepare_database, print_table, run_shell
+from harness import argument_parser, odoo_args, prepare_database, print_table, run_shell
 
 TARGETS = {"close": 600, "rerun": 600}
 
@@ -79,10 +78,7 @@ result = {'invoices': invoices, 'total_incl_tax': float(total)}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pg", required=True, help="admin libpq DSN of the PostgreSQL server")
-    parser.add_argument("--odoo-db", default="fusion_billing_bench_close",
-                        help="a database of its own: every subscription in it is closed by the job")
+    parser = argument_parser(__doc__, "fusion_billing_bench_close")  # its own: every subscription in it is closed
     parser.add_argument("--subscriptions", type=int, default=25_000)
     options = parser.parse_args()
     with odoo_args(options.pg, options.odoo_db) as args:
