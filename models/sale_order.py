@@ -310,17 +310,15 @@ class SaleOrder(models.Model):
     def _fc_invoice_usage(self, start, end, rated):
         """One invoice for this service's usage, built the native way from usage order lines."""
         last_day = end - timedelta(days=1)
-        billed = []
-        for charge, usage, rating in rated:
-            product = charge._fc_product()
-            billed.append((usage, self.env["sale.order.line"].create({
-                "order_id": self.id,
-                "product_id": product.id,
-                "name": charge._fc_invoice_label(rating, start, last_day),
-                "product_uom_qty": 1,
-                "price_unit": float(rating.amount),
-                "sequence": 1000,
-            })))
+        order_lines = self.env["sale.order.line"].create([{
+            "order_id": self.id,
+            "product_id": charge._fc_product().id,
+            "name": charge._fc_invoice_label(rating, start, last_day),
+            "product_uom_qty": 1,
+            "price_unit": float(rating.amount),
+            "sequence": 1000,
+        } for charge, _usage, rating in rated])
+        billed = list(zip([usage for _charge, usage, _rating in rated], order_lines))
         move_values = self._prepare_invoice()
         move_values.update({
             "x_fc_service_id": self.x_fc_service_id.id,
