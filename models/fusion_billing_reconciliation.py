@@ -1,3 +1,4 @@
+import json
 from collections import defaultdict
 from datetime import date
 from decimal import Decimal
@@ -44,6 +45,7 @@ class FusionBillingReconciliation(models.Model):
     app_reported = fields.Json(
         readonly=True, help="What the app reported for this subscription and period through the API "
                             "(amounts it billed that Odoo cannot derive, e.g. usage Stripe charged).")
+    app_reported_text = fields.Text(string="Reported by the app", compute="_compute_app_reported_text")
     run_count = fields.Integer(default=1, help="How many reconciliation runs updated this row.")
     last_run_at = fields.Datetime(default=fields.Datetime.now)
 
@@ -51,10 +53,25 @@ class FusionBillingReconciliation(models.Model):
         "(service_id, period_start, external_subscription_id)",
         "One reconciliation row per service, period and subscription.")
 
+    @api.depends("app_reported")
+    def _compute_app_reported_text(self):
+        for row in self:
+            row.app_reported_text = json.dumps(row.app_reported, indent=2, sort_keys=True) if row.app_reported else False
+
     @api.depends("delta")
     def _compute_abs_delta(self):
         for row in self:
             row.abs_delta = abs(row.delta)
+
+    def action_view_usage(self):
+        """Drill down to the usage rows (rated amounts = the shadow invoice lines) behind Odoo's side."""
+        self.ensure_one()
+        return {
+            "type": "ir.actions.act_window", "name": self.env._("Usage of %s", self.external_subscription_id),
+            "res_model": "fusion.billing.usage", "view_mode": "list,pivot,form",
+            "domain": [("subscription_id", "=", self.subscription_id.id), ("period_start", ">=", self.period_start),
+                       ("period_start", "<", self.period_end)],
+        }
 
     # ------------------------------------------------------------------ runs
     @api.model

@@ -49,6 +49,9 @@ class TestReconciliation(NexacloudSourceCase):
         self.assertEqual(rows[sid("s", 1)].delta, -5.0)
         self.assertEqual(rows[sid("s", 5)].currency_id.name, "USD")
         self.assertEqual(rows[sid("s", 1)].partner_id.email, "alice@example.com")
+        drill_down = rows[sid("s", 1)].action_view_usage()
+        self.assertEqual(set(self.env["fusion.billing.usage"].search(drill_down["domain"]).mapped("metric_id.code")),
+                         {"vcpu", "ram_mb", "disk_gb"})  # the allocation baselines imported from deployments
         self.assertEqual(rows[sid("s", 4)].partner_id, self.env["res.partner"])  # never imported
         self.assertEqual(self.summary["counts"], {"match": 5, "mismatch": 1, "missing_in_odoo": 3, "missing_in_app": 1})
 
