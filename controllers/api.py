@@ -250,15 +250,15 @@ class BillingApi(http.Controller):
     def event_create(self, service):
         clean = lago.validate_event(self._body("event"), now=_now())
         try:
-            event = request.env["fusion.billing.event"]._ingest(service, [clean])
+            [event] = request.env["fusion.billing.event"]._ingest(service, [clean])
         except IngestConflict:
             raise IngestConflict(None) from None
-        return {"event": lago.event(event._api_values())}
+        return {"event": lago.event(event)}
 
     def event_batch(self, service):
         cleaned = lago.validate_batch(self._json(), now=_now())
         events = request.env["fusion.billing.event"]._ingest(service, cleaned)
-        return {"events": [lago.event(event._api_values()) for event in events]}
+        return {"events": [lago.event(event) for event in events]}
 
     def event_list(self, service):
         query = self._query()

@@ -1,5 +1,5 @@
 import json
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 
 from odoo import api, fields, models
 
@@ -12,6 +12,10 @@ EVENT_STATES = [
     ("invalid_property", "Missing/invalid property"),
     ("late", "Late (period already closed)"),
 ]
+
+
+# What ingestion needs of a subscription, read once per request.
+_Target = namedtuple("_Target", "subscription_id start terminated_at account_link_id plan_id period_unit period_value")
 
 
 class IngestConflict(Exception):
@@ -48,71 +52,80 @@ class FusionBillingEvent(models.Model):
     fingerprint = fields.Char(required=True, help="Hash of the event content: tells a replay from a conflict.")
     subscription_id = fields.Many2one("sale.order", ondelete="set null")
     metric_id = fields.Many2one("fusion.billing.metric", ondelete="set null")
-    state = fields.Selection(EVENT_STATES, required=True, default="processed", index=True)
+    state = fields.Selection(EVENT_STATES, required=True, default="processed")
 
     _dedupe_uniq = models.UniqueIndex(
         "(service_id, external_subscription_id, transaction_id)",
         "This event (transaction id) was already received for that subscription.")
     _subscription_metric_time_idx = models.Index("(subscription_id, metric_id, timestamp) WHERE subscription_id IS NOT NULL")
+    # Only the few events that bill nothing are indexed by state (the list users watch).
+    _unbillable_idx = models.Index("(service_id, state) WHERE state != 'processed'")
 
     # ------------------------------------------------------------------ ingestion
+    # The hot path of the events API: plain SQL rows, no ORM records per event.
+    _RETURNED = ("id", "transaction_id", "external_subscription_id", "code", "timestamp", "properties",
+                 "precise_total_amount_cents", "subscription_id", "state", "fingerprint", "create_date")
+
     @api.model
     def _ingest(self, service, events):
         """Store validated events of ``service`` exactly once and roll them up into usage.
 
         ``events`` are clean dicts (``core.lago.validate_event``) carrying a ``fingerprint``.
-        Returns the stored event records in input order (a replay returns the stored row).
+        Returns the stored events' API values in input order (a replay returns the stored row).
         Raises :class:`IngestConflict` (index) when a transaction id is reused with another
         payload; the caller rolls the whole request back.
         Dedupe is enforced by the unique index (``ON CONFLICT``), so concurrent workers
         cannot both insert, and only newly inserted events feed the usage rollups.
         """
         if not events:
-            return self.browse()
-        subscriptions = self._resolve_subscriptions(service, {e["external_subscription_id"] for e in events})
+            return []
+        self.env.flush_all()  # the rest is plain SQL
+        targets = self._resolve_subscriptions(service, {e["external_subscription_id"] for e in events})
         metrics = {m.code: m for m in self.env["fusion.billing.metric"].sudo().search(
             [("service_id", "=", service.id), ("code", "in", list({e["code"] for e in events}))])}
-        rows = [self._classify(service, event, subscriptions, metrics) for event in events]
+        rows = [self._classify(service, event, targets, metrics) for event in events]
         # A stable order keeps concurrent batches from deadlocking on the unique index.
-        order = sorted(range(len(rows)), key=lambda i: (rows[i]["external_subscription_id"], rows[i]["transaction_id"]))
-        inserted = self._insert_new([rows[i] for i in order])
-        ids = self._existing_ids(service, events)
-        stored = self.browse([ids[i] for i in range(len(events))]).sudo()
-        for index, record in enumerate(stored):
-            if record.fingerprint != events[index]["fingerprint"]:
+        rows.sort(key=lambda row: (row["external_subscription_id"], row["transaction_id"]))
+        inserted = self._insert_new(rows)
+        keys = [(e["external_subscription_id"], e["transaction_id"]) for e in events]
+        stored = dict(inserted)
+        stored.update(self._stored_rows(service, [key for key in keys if key not in inserted]))
+        for index, key in enumerate(keys):
+            if stored[key]["fingerprint"] != events[index]["fingerprint"]:
                 raise IngestConflict(index)
-        fresh = stored.filtered(lambda e: e.id in inserted and e.state == "processed")
-        fresh._roll_up()
-        return stored
+        self._roll_up([row for row in inserted.values() if row["state"] == "processed"], targets, metrics)
+        links = {target.subscription_id: target.account_link_id for found in targets.values() for target in found}
+        return [self._api_dict(stored[key], links.get(stored[key]["subscription_id"])) for key in keys]
 
     @api.model
     def _resolve_subscriptions(self, service, external_ids):
-        orders = self.env["sale.order"].sudo().search([
-            ("x_fc_service_id", "=", service.id), ("x_fc_external_id", "in", list(external_ids)),
-            ("is_subscription", "=", True),
-        ], order="x_fc_terminated_at desc nulls first, id desc")
+        """External subscription id → [_Target] (live first, then the most recently terminated)."""
+        self.env.cr.execute("""
+            SELECT so.x_fc_external_id, so.id, COALESCE(so.start_date, so.date_order::date), so.x_fc_terminated_at,
+                   so.x_fc_account_link_id, plan.id, plan.billing_period_unit, plan.billing_period_value
+              FROM sale_order so JOIN sale_subscription_plan plan ON plan.id = so.plan_id
+             WHERE so.x_fc_service_id = %s AND so.x_fc_external_id IN %s AND so.is_subscription
+          ORDER BY so.x_fc_terminated_at DESC NULLS FIRST, so.id DESC""", (service.id, tuple(external_ids)))
         found = defaultdict(list)
-        for order in orders:
-            found[order.x_fc_external_id].append(order)
+        for external_id, *values in self.env.cr.fetchall():
+            found[external_id].append(_Target(*values))
         return found
 
     @api.model
     def _subscription_at(self, candidates, timestamp):
         """The subscription (live or terminated) of an external id that covers ``timestamp``."""
-        for order in candidates:
-            started = order.start_date or order.date_order.date()
-            ended = order.x_fc_terminated_at
-            if timestamp.date() >= started and (not ended or timestamp < ended):
-                return order
-        return candidates[0] if candidates and not candidates[0].x_fc_terminated_at else None
+        for target in candidates:
+            if timestamp.date() >= target.start and (not target.terminated_at or timestamp < target.terminated_at):
+                return target
+        return candidates[0] if candidates and not candidates[0].terminated_at else None
 
     @api.model
-    def _classify(self, service, event, subscriptions, metrics):
+    def _classify(self, service, event, targets, metrics):
         timestamp = event["timestamp"].replace(tzinfo=None)
-        subscription = self._subscription_at(subscriptions.get(event["external_subscription_id"], []), timestamp)
+        target = self._subscription_at(targets.get(event["external_subscription_id"], []), timestamp)
         metric = metrics.get(event["code"])
         state = "processed"
-        if not subscription:
+        if not target:
             state = "unknown_subscription"
         elif not metric:
             state = "unknown_metric"
@@ -126,65 +139,91 @@ class FusionBillingEvent(models.Model):
             "external_subscription_id": event["external_subscription_id"],
             "code": event["code"],
             "timestamp": timestamp,
-            "properties": json.dumps(event.get("properties") or {}),
+            "properties": event.get("properties") or {},
             "precise_total_amount_cents": None if precise is None else str(precise),
             "fingerprint": event["fingerprint"],
-            "subscription_id": subscription.id if subscription else None,
+            "subscription_id": target.subscription_id if target else None,
             "metric_id": metric.id if metric else None,
             "state": state,
         }
 
     @api.model
     def _insert_new(self, rows):
+        """Insert the rows not stored yet; {(external subscription id, transaction id): stored row}."""
         columns = list(rows[0])
         now = fields.Datetime.now()
         uid = self.env.uid
-        values = [tuple(row[c] for c in columns) + (uid, now, uid, now) for row in rows]
+        values = [tuple(json.dumps(row[c]) if c == "properties" else row[c] for c in columns) + (uid, now, uid, now)
+                  for row in rows]
         placeholders = ", ".join(["%s"] * len(values))
-        self.env.flush_all()
         self.env.cr.execute(f"""
             INSERT INTO fusion_billing_event ({", ".join(columns)}, create_uid, create_date, write_uid, write_date)
             VALUES {placeholders}
             ON CONFLICT (service_id, external_subscription_id, transaction_id) DO NOTHING
-            RETURNING id""", values)
-        return {row[0] for row in self.env.cr.fetchall()}
+            RETURNING {", ".join(self._RETURNED)}, metric_id""", values)
+        return {(row["external_subscription_id"], row["transaction_id"]): row for row in self.env.cr.dictfetchall()}
 
     @api.model
-    def _existing_ids(self, service, events):
-        keys = [(e["external_subscription_id"], e["transaction_id"]) for e in events]
-        self.env.cr.execute("""
-            SELECT external_subscription_id, transaction_id, id FROM fusion_billing_event
+    def _stored_rows(self, service, keys):
+        """The already stored rows of these (external subscription id, transaction id) keys (replays)."""
+        if not keys:
+            return {}
+        self.env.cr.execute(f"""
+            SELECT {", ".join(self._RETURNED)} FROM fusion_billing_event
              WHERE service_id = %s AND (external_subscription_id, transaction_id) IN %s""",
             (service.id, tuple(keys)))
-        by_key = {(ext, tx): event_id for ext, tx, event_id in self.env.cr.fetchall()}
-        return [by_key[key] for key in keys]
+        return {(row["external_subscription_id"], row["transaction_id"]): row for row in self.env.cr.dictfetchall()}
 
-    def _roll_up(self):
-        """Add these freshly stored events to their period's usage row (``INSERT … ON CONFLICT``)."""
+    @api.model
+    def _roll_up(self, rows, targets, metrics):
+        """Add freshly stored event rows to their period's usage row (``INSERT … ON CONFLICT``)."""
+        by_subscription = {target.subscription_id: target for found in targets.values() for target in found}
+        metrics_by_id = {metric.id: metric for metric in metrics.values()}
         groups = defaultdict(list)
-        for event in self:
-            subscription = event.subscription_id
-            plan = subscription.plan_id
-            start, end = periods.period_bounds(
-                subscription.start_date or subscription.date_order.date(),
-                plan.billing_period_unit, plan.billing_period_value, event.timestamp)
-            groups[(subscription.id, event.metric_id.id, start, end)].append(event)
-        for key in sorted(groups):
-            self.env["fusion.billing.usage"]._add_events(*key, groups[key])
+        for row in rows:
+            target = by_subscription[row["subscription_id"]]
+            start, end = periods.period_bounds(target.start, target.period_unit, target.period_value, row["timestamp"])
+            groups[(row["subscription_id"], row["metric_id"], start, end)].append(row)
+        included = self._included_quantities({t.plan_id for t in by_subscription.values()}, set(metrics_by_id))
+        usage = self.env["fusion.billing.usage"]
+        for subscription_id, metric_id, start, end in sorted(groups):
+            usage._add_events(subscription_id, metrics_by_id[metric_id], start, end,
+                              groups[(subscription_id, metric_id, start, end)],
+                              included.get((by_subscription[subscription_id].plan_id, metric_id), 0))
+        if groups:
+            usage.invalidate_model()
+            self.invalidate_model(["state"])
+
+    @api.model
+    def _included_quantities(self, plan_ids, metric_ids):
+        """{(plan id, metric id): included quantity} of the active charges (quota signal)."""
+        if not plan_ids or not metric_ids:
+            return {}
+        self.env.cr.execute("""
+            SELECT plan_id, metric_id, included_quantity FROM fusion_billing_charge
+             WHERE active AND plan_id IN %s AND metric_id IN %s""", (tuple(plan_ids), tuple(metric_ids)))
+        return {(plan_id, metric_id): included for plan_id, metric_id, included in self.env.cr.fetchall()}
+
+    @api.model
+    def _api_dict(self, row, account_link_id):
+        """Lago ``event`` values of a stored event row."""
+        return {
+            "lago_id": str(row["id"]),
+            "transaction_id": row["transaction_id"],
+            "lago_customer_id": str(account_link_id) if account_link_id else None,
+            "code": row["code"],
+            "timestamp": row["timestamp"],
+            "precise_total_amount_cents": row["precise_total_amount_cents"] or None,
+            "properties": row["properties"] or {},
+            "lago_subscription_id": str(row["subscription_id"]) if row["subscription_id"] else None,
+            "external_subscription_id": row["external_subscription_id"],
+            "created_at": row["create_date"],
+            # Our extension: whether the event bills anything (Lago would silently read 0).
+            "status": row["state"],
+        }
 
     def _api_values(self):
         self.ensure_one()
-        return {
-            "lago_id": str(self.id),
-            "transaction_id": self.transaction_id,
-            "lago_customer_id": str(self.subscription_id.x_fc_account_link_id.id) if self.subscription_id else None,
-            "code": self.code,
-            "timestamp": self.timestamp,
-            "precise_total_amount_cents": self.precise_total_amount_cents,
-            "properties": self.properties or {},
-            "lago_subscription_id": str(self.subscription_id.id) if self.subscription_id else None,
-            "external_subscription_id": self.external_subscription_id,
-            "created_at": self.create_date,
-            # Our extension: whether the event bills anything (Lago would silently read 0).
-            "status": self.state,
-        }
+        row = {name: self[name] for name in self._RETURNED if name not in ("id", "subscription_id")}
+        row.update(id=self.id, subscription_id=self.subscription_id.id)
+        return self._api_dict(row, self.subscription_id.x_fc_account_link_id.id)

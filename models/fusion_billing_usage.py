@@ -55,13 +55,14 @@ class FusionBillingUsage(models.Model):
 
     # ------------------------------------------------------------------ event rollups
     @api.model
-    def _add_events(self, subscription_id, metric_id, period_start, period_end, events):
-        """Fold freshly stored ``events`` of one subscription/metric/period into its usage row.
+    def _add_events(self, subscription_id, metric, period_start, period_end, events, included_quantity=0):
+        """Fold freshly stored ``events`` (rows with id, timestamp, properties) of one
+        subscription/metric/period into its usage row; signal once when the row reaches the
+        charge's ``included_quantity``.
 
         One atomic ``INSERT … ON CONFLICT DO UPDATE`` per row: concurrent workers add up
         instead of overwriting. Events for a period no longer open are marked late.
         """
-        metric = self.env["fusion.billing.metric"].browse(metric_id)
         quantity, last_event_at = self._contribution(metric, events)
         now = fields.Datetime.now()
         self.env.cr.execute(f"""
@@ -77,21 +78,23 @@ class FusionBillingUsage(models.Model):
                    last_event_at = GREATEST(usage.last_event_at, EXCLUDED.last_event_at),
                    write_uid = EXCLUDED.write_uid, write_date = EXCLUDED.write_date
              WHERE usage.state = 'open'
-            RETURNING id""", {
-            "metric": metric_id, "start": period_start, "end": period_end, "quantity": quantity,
+            RETURNING id, quantity, quota_notified""", {
+            "metric": metric.id, "start": period_start, "end": period_end, "quantity": quantity,
             "count": len(events), "last": last_event_at, "uid": self.env.uid, "now": now,
             "subscription": subscription_id,
         })
         row = self.env.cr.fetchone()
         if not row:
             self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s",
-                                (tuple(event.id for event in events),))
-        else:
-            if metric.aggregation == "unique_count":
-                self._recount_unique(row[0], metric)
-            self.browse(row[0])._fc_check_quota()
-        self.invalidate_model()
-        self.env["fusion.billing.event"].invalidate_model(["state"])
+                                (tuple(event["id"] for event in events),))
+            for event in events:
+                event["state"] = "late"
+            return
+        usage_id, quantity, quota_notified = row
+        if metric.aggregation == "unique_count":
+            quantity = self._recount_unique(usage_id, metric)
+        if included_quantity and quantity >= included_quantity and not quota_notified:
+            self.browse(usage_id)._fc_check_quota(quantity)
 
     _MERGE_SQL = {
         "count": "usage.quantity + EXCLUDED.quantity",
@@ -106,17 +109,16 @@ class FusionBillingUsage(models.Model):
     def _contribution(self, metric, events):
         """(quantity, latest timestamp) of a group of events under the metric's aggregation."""
         result = aggregation.aggregate(metric.aggregation, [
-            {"timestamp": (event.timestamp, event.id), "properties": event.properties} for event in events
+            {"timestamp": (event["timestamp"], event["id"]), "properties": event["properties"]} for event in events
         ], metric.field_name)
-        return result.units, max(event.timestamp for event in events)
+        return result.units, max(event["timestamp"] for event in events)
 
-    def _fc_check_quota(self):
-        """Send ``subscription.usage_threshold_reached`` once per period when the included quota is used up,
-        the hard-quota signal apps use to gate features (Lago issue #209)."""
+    def _fc_check_quota(self, quantity):
+        """Send ``subscription.usage_threshold_reached`` once per period when the included quota is used up
+        (``quantity`` is the row's new total), the hard-quota signal apps use to gate features (Lago issue #209)."""
         self.ensure_one()
-        self.invalidate_recordset(["quantity"])
         charge = self.subscription_id._fc_charges().filtered(lambda c: c.metric_id == self.metric_id)[:1]
-        if not charge.included_quantity or self.quantity < charge.included_quantity:
+        if not charge.included_quantity or quantity < charge.included_quantity:
             return
         self.env.cr.execute("UPDATE fusion_billing_usage SET quota_notified = true WHERE id = %s AND NOT "
                             "COALESCE(quota_notified, false) RETURNING id", (self.id,))
@@ -124,7 +126,7 @@ class FusionBillingUsage(models.Model):
             subscription = self.subscription_id
             obj = subscription._fc_webhook_object()
             obj["usage_threshold"] = {"billable_metric_code": self.metric_id.code, "included_units": str(
-                charge.included_quantity), "units": str(self.quantity), "period_start": str(self.period_start)}
+                charge.included_quantity), "units": str(float(quantity)), "period_start": str(self.period_start)}
             self.env["fusion.billing.webhook"]._enqueue(
                 subscription.x_fc_service_id, "subscription.usage_threshold_reached", subscription, obj=obj)
 
@@ -136,4 +138,6 @@ class FusionBillingUsage(models.Model):
                  WHERE event.subscription_id = usage.subscription_id AND event.metric_id = usage.metric_id
                    AND event.timestamp >= usage.period_start AND event.timestamp < usage.period_end
                    AND event.state = 'processed')
-             WHERE usage.id = %s""", (metric.field_name, usage_id))
+             WHERE usage.id = %s
+            RETURNING quantity""", (metric.field_name, usage_id))
+        return self.env.cr.fetchone()[0]
