@@ -96,6 +96,24 @@ class FusionBillingUsage(models.Model):
         if included_quantity and quantity >= included_quantity and not quota_notified:
             self.browse(usage_id)._fc_check_quota(quantity)
 
+    @api.model
+    def _fc_record_amounts(self, amounts, state, invoice_lines=None):
+        """Period close: set many rows' rated amount (``amounts``: id → Decimal, None keeps it),
+        ``state`` and invoice line (``invoice_lines``: id → line id) in one statement."""
+        if not amounts:
+            return
+        invoice_lines = invoice_lines or {}
+        self.flush_model(["amount", "state", "invoice_line_id"])
+        rows = [(usage_id, None if amount is None else str(amount), invoice_lines.get(usage_id))
+                for usage_id, amount in amounts.items()]
+        self.env.cr.execute(f"""
+            UPDATE fusion_billing_usage usage
+               SET amount = COALESCE(v.amount, usage.amount), state = %s,
+                   invoice_line_id = COALESCE(v.line, usage.invoice_line_id), write_uid = %s, write_date = %s
+              FROM (VALUES {", ".join(["(%s, %s::numeric, %s::int)"] * len(rows))}) AS v(id, amount, line)
+             WHERE usage.id = v.id""", [state, self.env.uid, fields.Datetime.now()] + [v for row in rows for v in row])
+        self.invalidate_model(["amount", "state", "invoice_line_id", "write_uid", "write_date"])
+
     _MERGE_SQL = {
         "count": "usage.quantity + EXCLUDED.quantity",
         "sum": "usage.quantity + EXCLUDED.quantity",

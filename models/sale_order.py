@@ -1,3 +1,5 @@
+import uuid
+from collections import defaultdict
 from html import escape
 from datetime import datetime, time, timedelta
 
@@ -258,7 +260,7 @@ class SaleOrder(models.Model):
     # ------------------------------------------------------------------ period close
     @api.model
     def _cron_close_usage_periods(self, batch_size=200):
-        """Close every usage period that has ended, subscription by subscription.
+        """Close every usage period that has ended, a batch of subscriptions at a time.
 
         Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several workers share the work
         without ever closing one subscription twice; each batch commits, so a crash
@@ -269,68 +271,107 @@ class SaleOrder(models.Model):
             orders = self.browse(batch_jobs.claim(self.env, """
                 SELECT id FROM sale_order
                  WHERE x_fc_usage_due_date <= %s
-                 ORDER BY x_fc_usage_due_date, id
+                 ORDER BY x_fc_usage_due_date, partner_id, id  -- a customer's subscriptions together
                  LIMIT %s FOR UPDATE SKIP LOCKED""", (today, batch_size)))
             if not orders:
                 return
-            for order in orders:
-                order._fc_close_due_periods(until=today)
+            orders._fc_close_due_periods(until=today)
             if not batch_jobs.commit_batch(self.env, len(orders)):
                 return  # out of time: the next run resumes here
 
     def _fc_close_due_periods(self, until, include_current=False):
-        """Close this subscription's periods that ended by ``until`` (and the current one if asked)."""
-        self.ensure_one()
+        """Close these subscriptions' periods that ended by ``until`` (and the current one if asked).
+
+        Each round closes the oldest open period of every subscription still due, all billed
+        together; a subscription several periods behind catches up over several rounds.
+        """
         moves = self.env["account.move"]
-        while self.x_fc_usage_due_date and (self.x_fc_usage_due_date <= until or include_current):
-            start, end = self._fc_period(self.x_fc_usage_closed_until or self._fc_anchor())
-            moves |= self._fc_close_period(start, end)
-            self.x_fc_usage_closed_until = end
+        due = self
+        while due := due.filtered(lambda o: o.x_fc_usage_due_date and (o.x_fc_usage_due_date <= until or include_current)):
+            bounds = {order: order._fc_period(order.x_fc_usage_closed_until or order._fc_anchor()) for order in due}
+            moves |= due._fc_close_periods(bounds)
+            for end in {end for _start, end in bounds.values()}:
+                due.filtered(lambda o: bounds[o][1] == end).write({"x_fc_usage_closed_until": end})
             include_current = False
         return moves
 
-    def _fc_close_period(self, start, end):
-        """Rate one period; in live mode bill it on this service's own invoice, in shadow only record it.
-
-        Returns the (posted) usage invoice, or an empty recordset.
-        """
-        self.ensure_one()
-        rated = self._fc_rated_usage(start)
+    def _fc_close_periods(self, bounds):
+        """Rate one period per subscription (``bounds``: order → (start, end)); in live mode bill
+        each on its service's own invoice, in shadow only record it. Returns the posted invoices."""
         usage_model = self.env["fusion.billing.usage"]
-        for charge, usage, rating in rated:
-            if not usage:
-                usage = usage_model.create({"subscription_id": self.id, "metric_id": charge.metric_id.id,
-                                            "period_start": start, "period_end": end})
-            usage.write({"amount": float(rating.amount), "state": "closed"})
-        billable = [(charge, usage, rating) for charge, usage, rating in rated if rating.amount_minor]
-        if self.x_fc_service_id.is_shadow() or not billable:
-            return self.env["account.move"]
-        return self._fc_invoice_usage(start, end, billable)
+        rated = {order: order._fc_rated_usage(bounds[order][0]) for order in self}
+        missing = [(order, charge) for order in self for charge, usage, _rating in rated[order] if not usage]
+        created = iter(usage_model.create([{
+            "subscription_id": order.id, "metric_id": charge.metric_id.id,
+            "period_start": bounds[order][0], "period_end": bounds[order][1],
+        } for order, charge in missing]))
+        rated = {order: [(charge, usage or next(created), rating) for charge, usage, rating in rows]
+                 for order, rows in rated.items()}
+        usage_model._fc_record_amounts({usage.id: rating.amount for rows in rated.values()
+                                        for _charge, usage, rating in rows}, state="closed")
+        billable = {order: [row for row in rows if row[2].amount_minor] for order, rows in rated.items()
+                    if not order.x_fc_service_id.is_shadow()}
+        return self.filtered(lambda order: billable.get(order))._fc_invoice_usage(bounds, billable)
 
-    def _fc_invoice_usage(self, start, end, rated):
-        """One invoice for this service's usage, built the native way from usage order lines."""
-        last_day = end - timedelta(days=1)
-        order_lines = self.env["sale.order.line"].create([{
-            "order_id": self.id,
+    # Odoo's invoice creation slows down per invoice when too many are created in one call.
+    _FC_INVOICE_CHUNK = 50
+
+    def _fc_invoice_usage(self, bounds, rated):
+        """Bill the rated usage the native way: usage order lines invoiced on the service's own
+        invoice. Subscriptions of one customer closing on the same day share an invoice, grouped
+        as Odoo's own invoicing groups orders (``_get_invoice_grouping_keys``) and as Lago does;
+        invoices are created and posted a chunk at a time."""
+        if not self:
+            return self.env["account.move"]
+        today = fields.Date.context_today(self)
+        plan = [(order, charge, usage, rating) for order in self for charge, usage, rating in rated[order]]
+        order_lines = self.env["sale.order.line"].with_context(sale_no_log_for_new_lines=True).create([{
+            "order_id": order.id,
             "product_id": charge._fc_product().id,
-            "name": charge._fc_invoice_label(rating, start, last_day),
+            "name": charge._fc_invoice_label(rating, bounds[order][0], bounds[order][1] - timedelta(days=1)),
             "product_uom_qty": 1,
             "price_unit": float(rating.amount),
             "sequence": 1000,
-        } for charge, _usage, rating in rated])
-        billed = list(zip([usage for _charge, usage, _rating in rated], order_lines))
-        move_values = self._prepare_invoice()
-        move_values.update({
-            "x_fc_service_id": self.x_fc_service_id.id,
-            "invoice_date": end if end <= fields.Date.context_today(self) else fields.Date.context_today(self),
-            "invoice_line_ids": [Command.create(line._prepare_invoice_line(quantity=1)) for _usage, line in billed],
+        } for order, charge, _usage, rating in plan])
+        billed = defaultdict(list)  # order → [(usage, order line)]
+        for (order, _charge, usage, _rating), line in zip(plan, order_lines):
+            billed[order].append((usage, line))
+        groups = defaultdict(lambda: self.browse())
+        for order in self:
+            key = (order.x_fc_service_id, min(bounds[order][1], today)) + tuple(
+                order[name] for name in order._get_invoice_grouping_keys())
+            groups[key] |= order
+        move_values = [self._fc_usage_invoice_values(orders, invoice_date, billed)
+                       for (_service, invoice_date, *_rest), orders in groups.items()]
+        moves = self.env["account.move"]
+        for i in range(0, len(move_values), self._FC_INVOICE_CHUNK):
+            chunk = self.env["account.move"].sudo().with_context(mail_create_nolog=True).create(
+                move_values[i:i + self._FC_INVOICE_CHUNK])
+            invoice_line_of = {sale_line: line for line in chunk.invoice_line_ids for sale_line in line.sale_line_ids}
+            usage_lines = {usage.id: invoice_line_of[line].id for order in chunk.invoice_line_ids.sale_line_ids.order_id
+                           for usage, line in billed[order]}
+            self.env["fusion.billing.usage"]._fc_record_amounts(
+                dict.fromkeys(usage_lines), state="billed", invoice_lines=usage_lines)
+            chunk.action_post()
+            moves |= chunk
+        return moves
+
+    @api.model
+    def _fc_usage_invoice_values(self, orders, invoice_date, billed):
+        """Values of one usage invoice for ``orders`` (same customer, service and day), as
+        ``sale.order._create_invoices`` merges grouped orders."""
+        values = orders[0]._prepare_invoice()
+        values.update({
+            "x_fc_service_id": orders[0].x_fc_service_id.id,
+            "invoice_date": invoice_date,
+            "access_token": str(uuid.uuid4()),  # the portal link in the invoice.created webhook
+            "invoice_origin": ", ".join(orders.mapped("name")),
+            "ref": ", ".join(dict.fromkeys(order.client_order_ref or order.name for order in orders))[:2000],
+            "payment_reference": orders[0].reference if len(set(orders.mapped("reference"))) == 1 else False,
+            "invoice_line_ids": [Command.create(line._prepare_invoice_line(quantity=1))
+                                 for order in orders for _usage, line in billed[order]],
         })
-        move = self.env["account.move"].sudo().with_company(self.company_id).create(move_values)
-        for usage, order_line in billed:
-            invoice_line = move.invoice_line_ids.filtered(lambda line: order_line in line.sale_line_ids)
-            usage.write({"state": "billed", "invoice_line_id": invoice_line.id})
-        move.action_post()
-        return move
+        return values
 
     def _api_values(self, with_plan=False):
         self.ensure_one()

@@ -107,6 +107,36 @@ class TestUsageBilling(FusionBillingApiCase):
         self.assertIn("/my/invoices/", downloaded["file_url"])
         self.assertEqual(self.api("GET", "invoices/999999").status_code, 404)
 
+    def test_one_run_bills_each_customer_period_on_one_invoice_of_the_service(self):
+        self.service.billing_mode = "live"
+        quiet, january, behind = (self._subscribe(f"sub_b{n}") for n in range(3))  # one customer
+        other = self._create_subscription(external_id="sub_other", start_date="2025-01-01", state="sale",
+                                          partner=self.env["res.partner"].create({"name": "Other client"}))
+        for external_id in ("sub_b1", "sub_b2", "sub_other"):
+            self._push_january(external_id)
+        self.api("POST", "events", {"event": {"transaction_id": "feb", "external_subscription_id": "sub_b2",
+                                              "code": "bandwidth_gb", "timestamp": ts(2025, 2, 10),
+                                              "properties": {"gb": 200}}})
+        self._close("2025-03-02")  # one cron run: January for all, February too (caught up)
+        invoices = self.env["account.move"].search([("x_fc_service_id", "=", self.service.id)])
+        self.assertEqual(sorted((m.partner_id == january.partner_id, m.invoice_date, m.amount_untaxed,
+                                 sorted(m.invoice_line_ids.sale_line_ids.order_id.mapped("x_fc_external_id")))
+                                for m in invoices), [
+            (False, date(2025, 2, 1), 13.5, ["sub_other"]),
+            (True, date(2025, 2, 1), 27.0, ["sub_b1", "sub_b2"]),
+            (True, date(2025, 3, 1), 5.0, ["sub_b2"]),
+        ])
+        shared = invoices.filtered(lambda m: m.amount_untaxed == 27.0)
+        self.assertEqual(shared.invoice_origin, f"{january.name}, {behind.name}")
+        self.assertEqual(set(invoices.mapped("state")), {"posted"})
+        for order in (quiet, january, behind, other):
+            self.assertEqual(order.x_fc_usage_closed_until, date(2025, 3, 1))
+            for usage in order.x_fc_usage_ids.filtered("amount"):
+                self.assertEqual((usage.state, usage.invoice_line_id.sale_line_ids.order_id), ("billed", order))
+                self.assertEqual(usage.invoice_line_id.move_id.invoice_date, usage.period_end)
+                self.assertEqual(usage.invoice_line_id.price_subtotal, usage.amount)
+        self.assertEqual(set(quiet.x_fc_usage_ids.mapped("state")), {"closed"})
+
     def test_shadow_mode_records_everything_and_creates_nothing_postable(self):
         order = self._subscribe("sub_shadow")
         self._push_january("sub_shadow")
