@@ -1,5 +1,6 @@
 """Shared plumbing of the benchmark scripts: find Odoo, prepare a database, run code in `odoo shell`."""
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -52,24 +53,32 @@ def prepare_database(pg, database, args):
                     "--no-http", "--log-level=warn"] + args, check=True)
 
 
-def run_shell(args, code, label):
-    """Run ``code`` (which must set ``result``, a dict) in a fresh ``odoo shell`` process.
+def run_shell(args, code, label, processes=1):
+    """Run ``code`` (which must set ``result``, a dict) in ``processes`` fresh ``odoo shell``
+    processes started together (as that many Odoo workers would run it).
 
-    Returns ``(wall seconds, peak RSS MiB of that process, result)``.
+    Returns ``(wall seconds, peak RSS MiB of the largest process, result)``; with several
+    processes, ``result`` holds each one's under ``"workers"``.
     """
     code = (f"import json, resource\n{code}\n"
             "result['peak_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "print('BENCH-RESULT ' + json.dumps(result, default=str))\n")
     started = time.monotonic()
-    process = subprocess.run([odoo_command(), "shell", "--no-http", "--log-level=warn"] + args, input=code,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    running = [subprocess.Popen([odoo_command(), "shell", "--no-http", "--log-level=warn"] + args,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(processes)]
+    with concurrent.futures.ThreadPoolExecutor(processes) as pool:  # all fed and drained at once
+        outputs = list(pool.map(lambda process: process.communicate(code)[0], running))
     seconds = time.monotonic() - started
-    line = next((l for l in process.stdout.splitlines() if l.startswith("BENCH-RESULT ")), None)
-    if process.returncode or not line:
-        sys.exit(f"{label} failed:\n{process.stdout[-4000:]}")
-    result = json.loads(line.split(" ", 1)[1])
+    results = []
+    for process, output in zip(running, outputs):
+        line = next((l for l in output.splitlines() if l.startswith("BENCH-RESULT ")), None)
+        if process.returncode or not line:
+            sys.exit(f"{label} failed:\n{output[-4000:]}")
+        results.append(json.loads(line.split(" ", 1)[1]))
+    peak = max(result.pop("peak_kib") for result in results) / 1024
     print(f"  {label}: {seconds:.1f} s", flush=True)
-    return seconds, result.pop("peak_kib") / 1024, result
+    return seconds, peak, results[0] if processes == 1 else {"workers": results}
 
 
 def print_table(results, targets, baseline="baseline"):

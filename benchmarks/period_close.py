@@ -7,14 +7,20 @@ month, and last month's usage (three rollups per subscription, all above the inc
 Then, each in its own ``odoo shell`` process:
 
     baseline   Odoo boots, does nothing (the fixed cost inside every phase)
-    close      the period-close job: rates 3 charges per subscription and posts one usage
-               invoice (3 lines, HST) per subscription on the service's own invoice
+    close      the period-close job, run by ``--workers`` processes at once (as several Odoo
+               workers would): rates 3 charges per subscription and posts the usage invoices
+               (one per customer and day on the service's own invoice, 3 HST-taxed lines per
+               subscription)
     rerun      the same job again: must bill nothing (idempotent)
 
-Prints wall time, net time (minus the baseline), the ratio to the 600 s target and peak memory.
+Then checks that every subscription was billed exactly once (3 usage rows closed, as many
+usage order lines as billed rows, each on one invoice line), however the workers shared the work. Prints wall time, net
+time (minus the baseline), the ratio to the 600 s target and peak memory.
 
-    python3 benchmarks/period_close.py --pg "host=127.0.0.1 port=5432 user=odoo" [--odoo-db bench]
+    python3 benchmarks/period_close.py --pg "host=127.0.0.1 port=5432 user=odoo" [--odoo-db bench] [--workers 2]
 """
+
+import sys
 
 from harness import argument_parser, odoo_args, prepare_database, print_table, run_shell
 
@@ -71,23 +77,42 @@ result = {'service_id': service.id}
 CLOSE = """
 env['sale.order']._cron_close_usage_periods()
 env.cr.commit()
-env.cr.execute("SELECT count(*), coalesce(sum(amount_total), 0) FROM account_move WHERE x_fc_service_id = %(service)s")
-invoices, total = env.cr.fetchone()
-result = {'invoices': invoices, 'total_incl_tax': float(total)}
+result = {}
+"""
+
+CHECK = """
+env.cr.execute("SELECT count(*), count(DISTINCT partner_id), coalesce(sum(amount_total), 0) FROM account_move "
+               "WHERE x_fc_service_id = %(service)s AND state = 'posted'")
+invoices, customers, total = env.cr.fetchone()
+env.cr.execute('''
+    SELECT o.id, (SELECT count(*) FROM fusion_billing_usage u WHERE u.subscription_id = o.id AND u.state != 'open'),
+           (SELECT count(*) FROM fusion_billing_usage u WHERE u.subscription_id = o.id AND u.state = 'billed'),
+           (SELECT count(*) FROM sale_order_line l WHERE l.order_id = o.id AND l.sequence = 1000),
+           (SELECT count(*) FROM sale_order_line_invoice_rel r JOIN sale_order_line l ON l.id = r.order_line_id
+             WHERE l.order_id = o.id AND l.sequence = 1000)
+      FROM sale_order o WHERE o.x_fc_service_id = %(service)s''')
+# every period closed (3 rows), each billed row on exactly one usage order line, each invoiced once
+wrong = [row[0] for row in env.cr.fetchall() if row[1] != 3 or not row[2] == row[3] == row[4]]
+result = {'invoices': invoices, 'customers': customers, 'total_incl_tax': float(total),
+          'subscriptions_not_billed_exactly_once': len(wrong)}
 """
 
 
 def main():
     parser = argument_parser(__doc__, "fusion_billing_bench_close")  # its own: every subscription in it is closed
     parser.add_argument("--subscriptions", type=int, default=25_000)
+    parser.add_argument("--workers", type=int, default=1, help="processes running the close job at once")
     options = parser.parse_args()
     with odoo_args(options.pg, options.odoo_db) as args:
         prepare_database(options.pg, options.odoo_db, args)
         service = run_shell(args, SETUP % {"subscriptions": options.subscriptions}, "setup")[2]["service_id"]
         results = {"baseline": run_shell(args, "result = {}", "baseline"),
-                   "close": run_shell(args, CLOSE % {"service": service}, "close"),
-                   "rerun": run_shell(args, CLOSE % {"service": service}, "rerun")}
+                   "close": run_shell(args, CLOSE, "close", processes=options.workers),
+                   "rerun": run_shell(args, CLOSE, "rerun"),
+                   "check": run_shell(args, CHECK % {"service": service}, "check")}
     print_table(results, TARGETS)
+    if results["check"][2]["subscriptions_not_billed_exactly_once"]:
+        sys.exit("some subscriptions were not billed exactly once")
 
 
 if __name__ == "__main__":
