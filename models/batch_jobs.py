@@ -1,10 +1,16 @@
 """How the queue-draining cron jobs claim and commit work, safely with several Odoo workers."""
+import logging
+
 import psycopg2.errors
 
 from odoo.modules import module
 from odoo.tools import mute_logger
 
+_logger = logging.getLogger(__name__)
+
 CLAIM_RETRIES = 5
+# What another worker's concurrent commit can cause in a batch (Odoo runs REPEATABLE READ).
+CONFLICTS = (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected)
 
 
 def real_transactions(env):
@@ -38,3 +44,15 @@ def commit_batch(env, processed):
     if not real_transactions(env):
         return True  # a test runs in one transaction that must not be committed
     return bool(env["ir.cron"]._commit_progress(processed))
+
+
+def roll_back_conflict(env, error, conflicts):
+    """A batch hit a concurrency conflict (e.g. two workers invoicing one new customer, whose
+    customer rank both update): roll it all back, so its rows are claimed again on a fresh
+    snapshot. Returns the new count of consecutive conflicts; re-raises past the limit."""
+    if not real_transactions(env) or conflicts >= CLAIM_RETRIES:
+        raise error
+    _logger.warning("Batch rolled back after a conflict with another worker, claiming it again: %s",
+                    str(error).strip())
+    env.cr.rollback()
+    return conflicts + 1

@@ -267,6 +267,7 @@ class SaleOrder(models.Model):
         resumes where it stopped and never bills a period twice.
         """
         today = fields.Date.context_today(self)
+        conflicts = 0
         while True:
             orders = self.browse(batch_jobs.claim(self.env, """
                 SELECT id FROM sale_order
@@ -275,9 +276,13 @@ class SaleOrder(models.Model):
                  LIMIT %s FOR UPDATE SKIP LOCKED""", (today, batch_size)))
             if not orders:
                 return
-            orders._fc_close_due_periods(until=today)
-            if not batch_jobs.commit_batch(self.env, len(orders)):
-                return  # out of time: the next run resumes here
+            try:
+                orders._fc_close_due_periods(until=today)
+                if not batch_jobs.commit_batch(self.env, len(orders)):
+                    return  # out of time: the next run resumes here
+                conflicts = 0
+            except batch_jobs.CONFLICTS as error:
+                conflicts = batch_jobs.roll_back_conflict(self.env, error, conflicts)
 
     def _fc_close_due_periods(self, until, include_current=False):
         """Close these subscriptions' periods that ended by ``until`` (and the current one if asked).
@@ -324,7 +329,7 @@ class SaleOrder(models.Model):
         if not self:
             return self.env["account.move"]
         today = fields.Date.context_today(self)
-        plan = [(order, charge, usage, rating) for order in self for charge, usage, rating in rated[order]]
+        to_bill = [(order, charge, usage, rating) for order in self for charge, usage, rating in rated[order]]
         order_lines = self.env["sale.order.line"].with_context(sale_no_log_for_new_lines=True).create([{
             "order_id": order.id,
             "product_id": charge._fc_product().id,
@@ -332,9 +337,9 @@ class SaleOrder(models.Model):
             "product_uom_qty": 1,
             "price_unit": float(rating.amount),
             "sequence": 1000,
-        } for order, charge, _usage, rating in plan])
+        } for order, charge, _usage, rating in to_bill])
         billed = defaultdict(list)  # order → [(usage, order line)]
-        for (order, _charge, usage, _rating), line in zip(plan, order_lines):
+        for (order, _charge, usage, _rating), line in zip(to_bill, order_lines):
             billed[order].append((usage, line))
         groups = defaultdict(lambda: self.browse())
         for order in self:

@@ -5,11 +5,33 @@ from contextlib import contextmanager
 import psycopg2
 from psycopg2.extensions import make_dsn
 
-from odoo import Command
+from odoo import SUPERUSER_ID, Command, api
+from odoo.orm.environments import Transaction
+from odoo.sql_db import db_connect
 from odoo.tests import HttpCase, TransactionCase, new_test_user
 from odoo.tools import config
 
 from odoo.addons.fusion_centralize_billing.core import nexacloud_sample
+
+
+def real_cursor(registry, readonly=False):
+    """A cursor on a real database connection (not the test's), as ``registry.cursor()`` gives
+    an Odoo worker; it has its own transaction, as the registry lock is held by the test runner."""
+    cr = db_connect(registry.db_name).cursor()
+    cr.transaction = Transaction(registry)
+    return cr
+
+
+@contextmanager
+def real_session(env):
+    """A real database session, as another Odoo worker has: its work is committed on exit and
+    seen by other sessions (the test's own transaction is never committed)."""
+    cr = real_cursor(env.registry)
+    try:
+        yield api.Environment(cr, SUPERUSER_ID, {"tracking_disable": True, "fc_real_transactions": True})
+        cr.commit()
+    finally:
+        cr.close()
 
 
 class FusionBillingFixtures:

@@ -1,10 +1,15 @@
+import threading
 from datetime import date, datetime, timezone
+from functools import partial
+from unittest.mock import patch
 
 from freezegun import freeze_time
 
 from odoo.tests import tagged
+from odoo.tools import mute_logger
 
-from .common import FusionBillingApiCase
+from ..core import periods
+from .common import FusionBillingApiCase, FusionBillingCase, real_cursor, real_session
 
 
 def ts(*args):
@@ -182,3 +187,85 @@ class TestUsageBilling(FusionBillingApiCase):
         usage = order.x_fc_usage_ids.filtered(lambda u: u.metric_id == metric).sorted("period_start")
         self.assertEqual([(str(u.period_start), u.quantity, u.events_count) for u in usage],
                          [("2025-01-01", 3.0, 5), ("2025-02-01", 1.0, 1)])
+
+
+@tagged("post_install", "-at_install")
+class TestPeriodCloseWorkers(FusionBillingCase):
+    """The period-close job run by two real database sessions at once (two workers or cron threads)."""
+
+    def test_two_workers_bill_each_subscription_exactly_once(self):
+        start = periods.add_period(date.today().replace(day=1), "month", 1, -1)
+        end = periods.add_period(start, "month", 1)
+        with real_session(self.env) as env:  # committed, so that both sessions see it
+            service = env["fusion.billing.service"].create({
+                "name": "Close workers", "code": "close_workers", "billing_mode": "live"})
+            metric = env["fusion.billing.metric"].create({
+                "service_id": service.id, "code": "calls", "name": "Calls", "aggregation": "sum", "field_name": "n"})
+            product = env["product.product"].create({"name": "Close workers plan", "type": "service",
+                                                     "recurring_invoice": True})
+            plan = env["sale.subscription.plan"].create({
+                "name": "Close workers", "x_fc_service_id": service.id, "x_fc_plan_code": "close-workers",
+                "x_fc_amount": 10, "x_fc_product_id": product.id})
+            env["fusion.billing.charge"].create({"service_id": service.id, "plan_id": plan.id, "metric_id": metric.id,
+                                                 "charge_model": "standard", "properties": {"amount": "1"}})
+            partners = env["res.partner"].create([{"name": f"Close client {n}"} for n in range(6)])
+            orders = env["sale.order"].create([{
+                "partner_id": partners[n % 6].id, "plan_id": plan.id, "x_fc_service_id": service.id,
+                "x_fc_external_id": f"close-{n}", "pricelist_id": service._fc_pricelist().id,
+                "start_date": start, "state": "sale"} for n in range(30)])
+            env["fusion.billing.usage"].create([{
+                "subscription_id": order.id, "metric_id": metric.id, "period_start": start, "period_end": end,
+                "quantity": n + 1} for n, order in enumerate(orders)])
+            ids = {"service": service.id, "orders": orders.ids, "partners": partners.ids,
+                   "catalog": [(plan._name, plan.id), (product._name, product.id)]}
+        self.addCleanup(self._remove_committed, ids)
+
+        errors = []
+
+        def close():
+            try:
+                with real_session(self.env) as env:
+                    env["sale.order"]._cron_close_usage_periods(batch_size=4)
+            except Exception as error:  # noqa: BLE001 (reported by the assertion below)
+                errors.append(error)
+
+        # Post-commit hooks (customer ranks) open their own cursor: a real one, as in production.
+        # Two workers invoicing one new customer conflict on its rank: expected, and retried.
+        registry = self.env.registry
+        with patch.object(registry, "cursor", partial(real_cursor, registry)), \
+                mute_logger("odoo.sql_db", "odoo.addons.fusion_centralize_billing.models.batch_jobs"):
+            workers = [threading.Thread(target=close) for _ in range(2)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(300)
+        self.assertEqual(errors, [], "a worker's conflict is retried, not raised")
+        with real_session(self.env) as env:
+            orders = env["sale.order"].browse(ids["orders"])
+            usage = orders.x_fc_usage_ids
+            self.assertEqual(set(usage.mapped("state")), {"billed"})
+            self.assertEqual(len(orders.order_line.filtered(lambda line: line.sequence == 1000)), 30,
+                             "one usage order line per subscription, none twice")
+            lines = usage.invoice_line_id
+            self.assertEqual(sorted(lines.mapped("price_subtotal")), [float(n + 1) for n in range(30)])
+            self.assertEqual([len(line.sale_line_ids) for line in lines], [1] * 30)
+            moves = lines.move_id
+            self.assertEqual(set(moves.mapped("state")), {"posted"})
+            self.assertEqual(len(set(moves.mapped("name"))), len(moves), "distinct invoice numbers")
+            self.assertTrue(all(len(move.partner_id) == 1 and move.x_fc_service_id.id == ids["service"]
+                                for move in moves))
+            self.assertEqual(set(orders.mapped("x_fc_usage_closed_until")), {end})
+
+    def _remove_committed(self, ids):
+        """Delete what the test committed (directly: posted invoices cannot be deleted the ORM way)."""
+        with real_session(self.env) as env:
+            cr = env.cr
+            cr.execute("DELETE FROM account_move WHERE x_fc_service_id = %s", [ids["service"]])
+            cr.execute("DELETE FROM sale_order WHERE id IN %s", [tuple(ids["orders"])])
+            cr.execute("DELETE FROM fusion_billing_webhook WHERE service_id = %s", [ids["service"]])
+            cr.execute("DELETE FROM fusion_billing_charge WHERE service_id = %s", [ids["service"]])
+            for model, record_id in ids["catalog"]:
+                env[model].browse(record_id).unlink()
+            env["fusion.billing.metric"].search([("service_id", "=", ids["service"])]).unlink()
+            env["fusion.billing.service"].browse(ids["service"]).unlink()
+            env["res.partner"].browse(ids["partners"]).unlink()

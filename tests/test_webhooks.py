@@ -1,18 +1,17 @@
 import json
 import threading
 from contextlib import contextmanager
+from functools import partial
 from datetime import timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest.mock import patch
 
-from odoo import SUPERUSER_ID, api, fields
-from odoo.orm.environments import Transaction
-from odoo.sql_db import db_connect
+from odoo import fields
 from odoo.tests import tagged
 from odoo.tools import mute_logger
 
 from ..core import signing
-from .common import FusionBillingCase
+from .common import FusionBillingCase, real_session
 
 SECRET = "whsec_test"
 
@@ -177,19 +176,9 @@ class TestWebhooks(FusionBillingCase):
 
     def test_two_workers_never_send_the_same_row_twice(self):
         """Two real database sessions (as two Odoo workers) deliver one committed queue concurrently."""
-        dbname, registry = self.env.cr.dbname, self.env.registry
         receiver = Receiver()
         self.addCleanup(receiver.server.server_close)
-
-        @contextmanager
-        def worker_env():
-            cr = db_connect(dbname).cursor()
-            cr.transaction = Transaction(registry)  # the registry lock is held by the test runner
-            try:
-                yield api.Environment(cr, SUPERUSER_ID, {"tracking_disable": True, "fc_real_transactions": True})
-                cr.commit()
-            finally:
-                cr.close()
+        worker_env = partial(real_session, self.env)
 
         with worker_env() as env:  # committed, so that both sessions see it
             service = env["fusion.billing.service"].create({
