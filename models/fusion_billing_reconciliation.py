@@ -1,6 +1,6 @@
 import json
 from collections import defaultdict
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 from odoo import api, fields, models
@@ -116,7 +116,20 @@ class FusionBillingReconciliation(models.Model):
             else:
                 self.create(dict(values, service_id=service.id, period_start=period_start,
                                  external_subscription_id=key))
-        return reconcile.summarise(results)
+        summary = reconcile.summarise(results)
+        service.message_post(body=self._run_note(period_start, period_end, summary, service.currency_id))
+        return summary
+
+    @api.model
+    def _run_note(self, period_start, period_end, summary, currency):
+        """The run's figures, kept in the service's chatter: progress from run to run."""
+        counts = summary["counts"]
+        return self.env._(
+            "Reconciliation run for %(start)s – %(end)s: %(match)s match, %(mismatch)s mismatch, "
+            "%(missing_odoo)s missing in Odoo, %(missing_app)s missing in the app; absolute delta %(delta)s %(currency)s.",
+            start=period_start, end=period_end - timedelta(days=1), match=counts.get("match", 0),
+            mismatch=counts.get("mismatch", 0), missing_odoo=counts.get("missing_in_odoo", 0),
+            missing_app=counts.get("missing_in_app", 0), delta=summary["total_abs_delta"], currency=currency.name)
 
     @api.model
     def _odoo_bills(self, service, period_start, period_end):

@@ -329,6 +329,7 @@ class SaleOrder(models.Model):
         if not self:
             return self.env["account.move"]
         today = fields.Date.context_today(self)
+        self = self.with_context(fc_distribution_memo={})  # analytic defaults, looked up once per batch
         to_bill = [(order, charge, usage, rating) for order in self for charge, usage, rating in rated[order]]
         order_lines = self.env["sale.order.line"].with_context(sale_no_log_for_new_lines=True).create([{
             "order_id": order.id,
@@ -357,8 +358,11 @@ class SaleOrder(models.Model):
                            for usage, line in billed[order]}
             self.env["fusion.billing.usage"]._fc_record_amounts(
                 dict.fromkeys(usage_lines), state="billed", invoice_lines=usage_lines)
-            chunk.action_post()
             moves |= chunk
+        # Posting numbers the invoices, which locks the journal's sequence until the batch
+        # commits (other workers' posting waits): post last, with everything else written.
+        self.env.flush_all()
+        moves.action_post()
         return moves
 
     @api.model

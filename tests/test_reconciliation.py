@@ -68,6 +68,11 @@ class TestReconciliation(NexacloudSourceCase):
         Recon._run(self.service, *NOVEMBER, self.service._fc_source_bills(*NOVEMBER))
         row = self.rows()[sid("s", 1)]
         self.assertEqual((row.state, row.run_count), ("match", 3))
+        runs = self.service.message_ids.filtered(lambda m: "Reconciliation run" in m.body).sorted("id")
+        self.assertEqual(len(runs), 3, "each run's figures are kept on the service")
+        self.assertIn("2026-11-01 – 2026-11-30: 5 match, 1 mismatch, 3 missing in Odoo, 1 missing in the app",
+                      runs[0].body)
+        self.assertIn("6 match, 0 mismatch", runs[-1].body)
 
     def test_cutover_is_for_administrators_confirms_nothing_and_is_logged(self):
         with self.assertRaises(AccessError):

@@ -117,6 +117,11 @@ class TestUsageBilling(FusionBillingApiCase):
         quiet, january, behind = (self._subscribe(f"sub_b{n}") for n in range(3))  # one customer
         other = self._create_subscription(external_id="sub_other", start_date="2025-01-01", state="sale",
                                           partner=self.env["res.partner"].create({"name": "Other client"}))
+        # The other client's usage goes to an analytic account by a native distribution model.
+        analytic = self.env["account.analytic.account"].create({
+            "name": "Other client projects", "plan_id": self.env["account.analytic.plan"].create({"name": "Clients"}).id})
+        self.env["account.analytic.distribution.model"].create({
+            "partner_id": other.partner_id.id, "analytic_distribution": {str(analytic.id): 100}})
         for external_id in ("sub_b1", "sub_b2", "sub_other"):
             self._push_january(external_id)
         self.api("POST", "events", {"event": {"transaction_id": "feb", "external_subscription_id": "sub_b2",
@@ -141,6 +146,9 @@ class TestUsageBilling(FusionBillingApiCase):
                 self.assertEqual(usage.invoice_line_id.move_id.invoice_date, usage.period_end)
                 self.assertEqual(usage.invoice_line_id.price_subtotal, usage.amount)
         self.assertEqual(set(quiet.x_fc_usage_ids.mapped("state")), {"closed"})
+        for line in invoices.invoice_line_ids:
+            expected = {str(analytic.id): 100} if line.partner_id == other.partner_id else False
+            self.assertEqual((line.analytic_distribution, line.sale_line_ids.analytic_distribution), (expected, expected))
 
     def test_shadow_mode_records_everything_and_creates_nothing_postable(self):
         order = self._subscribe("sub_shadow")
