@@ -122,8 +122,10 @@ class AccountMove(models.Model):
             values["customer"] = link._api_values() if link else None
             orders = self.invoice_line_ids.sale_line_ids.order_id.filtered("is_subscription")
             values["subscriptions"] = [order._api_values() for order in orders]
-            values["fees"] = [line._api_fee_values() for line in self.invoice_line_ids.filtered(
-                lambda l: l.display_type == "product")]
+            lines = self.invoice_line_ids.filtered(lambda l: l.display_type == "product")
+            usage_of = {usage.invoice_line_id: usage for usage in self.env["fusion.billing.usage"].search(
+                [("invoice_line_id", "in", lines.ids)])}
+            values["fees"] = [line._api_fee_values(usage_of.get(line)) for line in lines]
         return values
 
 
@@ -137,11 +139,11 @@ class _NoQuery(dict):
 class AccountMoveLine(models.Model):
     _inherit = "account.move.line"
 
-    def _api_fee_values(self):
+    def _api_fee_values(self, usage=None):
+        """Lago fee of this invoice line; ``usage`` is the usage row it bills, if any."""
         self.ensure_one()
         currency = self.currency_id
         cents = lambda amount: money.to_minor_units(amount, currency.decimal_places)  # noqa: E731
-        usage = self.env["fusion.billing.usage"].search([("invoice_line_id", "=", self.id)], limit=1)
         return {
             "lago_id": str(self.id),
             "item": {

@@ -38,7 +38,8 @@ class FusionBillingUsage(models.Model):
         required=True, default="open", index=True)
     amount = fields.Monetary(currency_field="currency_id", help="Rated amount of the period, before tax.")
     currency_id = fields.Many2one(related="subscription_id.currency_id")
-    invoice_line_id = fields.Many2one("account.move.line", readonly=True, copy=False, ondelete="set null")
+    invoice_line_id = fields.Many2one("account.move.line", readonly=True, copy=False, ondelete="set null",
+                                      index="btree_not_null")
     quota_notified = fields.Boolean(
         readonly=True, copy=False, help="subscription.usage_threshold_reached was sent: the included quota is used up.")
 
