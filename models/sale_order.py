@@ -325,7 +325,7 @@ class SaleOrder(models.Model):
         """Bill the rated usage the native way: usage order lines invoiced on the service's own
         invoice. Subscriptions of one customer closing on the same day share an invoice, grouped
         as Odoo's own invoicing groups orders (``_get_invoice_grouping_keys``) and as Lago does;
-        invoices are created and posted a chunk at a time."""
+        invoices are created a chunk at a time, then all posted."""
         if not self:
             return self.env["account.move"]
         today = fields.Date.context_today(self)
