@@ -1,12 +1,8 @@
 """How the queue-draining cron jobs claim and commit work, safely with several Odoo workers."""
-import logging
-
 import psycopg2.errors
 
 from odoo.modules import module
 from odoo.tools import mute_logger
-
-_logger = logging.getLogger(__name__)
 
 CLAIM_RETRIES = 5
 # What another worker's concurrent commit can cause in a batch (Odoo runs REPEATABLE READ).
@@ -26,17 +22,15 @@ def claim(env, query, params):
     started cannot be locked (serialization failure). Nothing was done with it yet, so start a
     new transaction and claim again.
     """
-    for attempt in range(CLAIM_RETRIES):
+    retries = 0
+    while True:
         env.flush_all()
         try:
             with mute_logger("odoo.sql_db"), env.cr.savepoint(flush=False):  # an expected conflict, not an error
                 env.cr.execute(query, params)
                 return [row[0] for row in env.cr.fetchall()]
-        except psycopg2.errors.SerializationFailure:
-            if not real_transactions(env) or attempt == CLAIM_RETRIES - 1:
-                raise
-            env.cr.rollback()
-    return []
+        except psycopg2.errors.SerializationFailure as error:
+            retries = retry_after_conflict(env, error, retries)
 
 
 def commit_batch(env, processed):
@@ -46,13 +40,11 @@ def commit_batch(env, processed):
     return bool(env["ir.cron"]._commit_progress(processed))
 
 
-def roll_back_conflict(env, error, conflicts):
-    """A batch hit a concurrency conflict (e.g. two workers invoicing one new customer, whose
-    customer rank both update): roll it all back, so its rows are claimed again on a fresh
-    snapshot. Returns the new count of consecutive conflicts; re-raises past the limit."""
-    if not real_transactions(env) or conflicts >= CLAIM_RETRIES:
+def retry_after_conflict(env, error, retries):
+    """A conflict with another worker's commit (``CONFLICTS``): roll the transaction back, so
+    its work is claimed again on a fresh snapshot. Returns the new count of consecutive
+    retries; re-raises past ``CLAIM_RETRIES`` or on a test's own transaction."""
+    if not real_transactions(env) or retries >= CLAIM_RETRIES:
         raise error
-    _logger.warning("Batch rolled back after a conflict with another worker, claiming it again: %s",
-                    str(error).strip())
     env.cr.rollback()
-    return conflicts + 1
+    return retries + 1

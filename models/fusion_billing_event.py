@@ -99,15 +99,12 @@ class FusionBillingEvent(models.Model):
 
     @api.model
     def _resolve_subscriptions(self, service, external_ids):
-        """External subscription id → [_Target] (live first, then the most recently terminated).
-
-        A subscription is an order with a plan (the join), as ``is_subscription`` means.
-        """
+        """External subscription id → [_Target] (live first, then the most recently terminated)."""
         self.env.cr.execute("""
             SELECT so.x_fc_external_id, so.id, COALESCE(so.start_date, so.date_order::date), so.x_fc_terminated_at,
                    so.x_fc_account_link_id, plan.id, plan.billing_period_unit, plan.billing_period_value
               FROM sale_order so JOIN sale_subscription_plan plan ON plan.id = so.plan_id
-             WHERE so.x_fc_service_id = %s AND so.x_fc_external_id IN %s
+             WHERE so.x_fc_service_id = %s AND so.x_fc_external_id IN %s AND so.is_subscription
           ORDER BY so.x_fc_terminated_at DESC NULLS FIRST, so.id DESC""", (service.id, tuple(external_ids)))
         found = defaultdict(list)
         for external_id, *values in self.env.cr.fetchall():

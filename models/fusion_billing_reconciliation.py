@@ -117,11 +117,11 @@ class FusionBillingReconciliation(models.Model):
                 self.create(dict(values, service_id=service.id, period_start=period_start,
                                  external_subscription_id=key))
         summary = reconcile.summarise(results)
-        service.message_post(body=self._run_note(period_start, period_end, summary, service.currency_id))
+        service.message_post(body=self._run_note(service, period_start, period_end, summary))
         return summary
 
     @api.model
-    def _run_note(self, period_start, period_end, summary, currency):
+    def _run_note(self, service, period_start, period_end, summary):
         """The run's figures, kept in the service's chatter: progress from run to run."""
         counts = summary["counts"]
         return self.env._(
@@ -129,7 +129,7 @@ class FusionBillingReconciliation(models.Model):
             "%(missing_odoo)s missing in Odoo, %(missing_app)s missing in the app; absolute delta %(delta)s %(currency)s.",
             start=period_start, end=period_end - timedelta(days=1), match=counts.get("match", 0),
             mismatch=counts.get("mismatch", 0), missing_odoo=counts.get("missing_in_odoo", 0),
-            missing_app=counts.get("missing_in_app", 0), delta=summary["total_abs_delta"], currency=currency.name)
+            missing_app=counts.get("missing_in_app", 0), delta=summary["total_abs_delta"], currency=service.currency_id.name)
 
     @api.model
     def _odoo_bills(self, service, period_start, period_end):

@@ -1,3 +1,4 @@
+import logging
 import uuid
 from collections import defaultdict
 from html import escape
@@ -9,6 +10,8 @@ from odoo import Command, api, fields, models
 
 from ..core import lago, money, periods
 from . import batch_jobs
+
+_logger = logging.getLogger(__name__)
 
 
 class SaleOrder(models.Model):
@@ -281,8 +284,10 @@ class SaleOrder(models.Model):
                 if not batch_jobs.commit_batch(self.env, len(orders)):
                     return  # out of time: the next run resumes here
                 conflicts = 0
-            except batch_jobs.CONFLICTS as error:
-                conflicts = batch_jobs.roll_back_conflict(self.env, error, conflicts)
+            except batch_jobs.CONFLICTS as error:  # e.g. both workers invoicing one new customer
+                conflicts = batch_jobs.retry_after_conflict(self.env, error, conflicts)
+                _logger.warning("Period close: batch rolled back after a conflict with another worker, "
+                                "claiming it again: %s", str(error).strip())
 
     def _fc_close_due_periods(self, until, include_current=False):
         """Close these subscriptions' periods that ended by ``until`` (and the current one if asked).

@@ -1,6 +1,9 @@
 import json
 import uuid
+import threading
 from contextlib import contextmanager
+from functools import partial
+from unittest.mock import patch
 
 import psycopg2
 from psycopg2.extensions import make_dsn
@@ -32,6 +35,28 @@ def real_session(env):
         cr.commit()
     finally:
         cr.close()
+
+
+def run_as_workers(env, job, workers=2, timeout=300):
+    """Run ``job(env)`` in ``workers`` real sessions at once, as concurrent Odoo workers (their
+    post-commit hooks open real cursors too, as in production). Returns what they raised."""
+    errors = []
+
+    def work():
+        try:
+            with real_session(env) as worker_env:
+                job(worker_env)
+        except Exception as error:  # noqa: BLE001 (returned to the test, which asserts on it)
+            errors.append(error)
+
+    registry = env.registry
+    with patch.object(registry, "cursor", partial(real_cursor, registry)):
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout)
+    return errors
 
 
 class FusionBillingFixtures:

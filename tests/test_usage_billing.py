@@ -1,7 +1,4 @@
-import threading
 from datetime import date, datetime, timezone
-from functools import partial
-from unittest.mock import patch
 
 from freezegun import freeze_time
 
@@ -9,7 +6,7 @@ from odoo.tests import tagged
 from odoo.tools import mute_logger
 
 from ..core import periods
-from .common import FusionBillingApiCase, FusionBillingCase, real_cursor, real_session
+from .common import FusionBillingApiCase, FusionBillingCase, real_session, run_as_workers
 
 
 def ts(*args):
@@ -228,25 +225,9 @@ class TestPeriodCloseWorkers(FusionBillingCase):
                    "catalog": [(plan._name, plan.id), (product._name, product.id)]}
         self.addCleanup(self._remove_committed, ids)
 
-        errors = []
-
-        def close():
-            try:
-                with real_session(self.env) as env:
-                    env["sale.order"]._cron_close_usage_periods(batch_size=4)
-            except Exception as error:  # noqa: BLE001 (reported by the assertion below)
-                errors.append(error)
-
-        # Post-commit hooks (customer ranks) open their own cursor: a real one, as in production.
         # Two workers invoicing one new customer conflict on its rank: expected, and retried.
-        registry = self.env.registry
-        with patch.object(registry, "cursor", partial(real_cursor, registry)), \
-                mute_logger("odoo.sql_db", "odoo.addons.fusion_centralize_billing.models.batch_jobs"):
-            workers = [threading.Thread(target=close) for _ in range(2)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join(300)
+        with mute_logger("odoo.sql_db", "odoo.addons.fusion_centralize_billing.models.sale_order"):
+            errors = run_as_workers(self.env, lambda env: env["sale.order"]._cron_close_usage_periods(batch_size=4))
         self.assertEqual(errors, [], "a worker's conflict is retried, not raised")
         with real_session(self.env) as env:
             orders = env["sale.order"].browse(ids["orders"])

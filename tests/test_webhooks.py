@@ -1,7 +1,6 @@
 import json
 import threading
 from contextlib import contextmanager
-from functools import partial
 from datetime import timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest.mock import patch
@@ -11,7 +10,7 @@ from odoo.tests import tagged
 from odoo.tools import mute_logger
 
 from ..core import signing
-from .common import FusionBillingCase, real_session
+from .common import FusionBillingCase, real_session, run_as_workers
 
 SECRET = "whsec_test"
 
@@ -178,9 +177,8 @@ class TestWebhooks(FusionBillingCase):
         """Two real database sessions (as two Odoo workers) deliver one committed queue concurrently."""
         receiver = Receiver()
         self.addCleanup(receiver.server.server_close)
-        worker_env = partial(real_session, self.env)
 
-        with worker_env() as env:  # committed, so that both sessions see it
+        with real_session(self.env) as env:  # committed, so that both sessions see it
             service = env["fusion.billing.service"].create({
                 "name": "Two workers", "code": "two_workers", "billing_mode": "live",
                 "webhook_url": receiver.url, "webhook_secret": SECRET})
@@ -190,22 +188,16 @@ class TestWebhooks(FusionBillingCase):
             service_id = service.id
 
         def cleanup():
-            with worker_env() as env:
+            with real_session(self.env) as env:
                 env["fusion.billing.webhook"].search([("service_id", "=", service_id)]).unlink()
                 env["fusion.billing.service"].browse(service_id).unlink()
         self.addCleanup(cleanup)
 
-        def deliver():
-            with worker_env() as env:
-                env["fusion.billing.webhook"]._cron_deliver(batch_size=10)
-
         with receiver.running():
-            workers = [threading.Thread(target=deliver) for _ in range(2)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join(120)
-        with worker_env() as env:
+            errors = run_as_workers(self.env, lambda env: env["fusion.billing.webhook"]._cron_deliver(batch_size=10),
+                                    timeout=120)
+        self.assertEqual(errors, [])
+        with real_session(self.env) as env:
             queue = env["fusion.billing.webhook"].search([("service_id", "=", service_id)])
             states, keys = set(queue.mapped("state")), sorted(queue.mapped("unique_key"))
         received = [key for key, _type, _ref in receiver.received]
