@@ -33,12 +33,19 @@ from odoo import Command
 from odoo.addons.fusion_centralize_billing.core import periods
 tag = uuid.uuid4().hex[:6]
 start = periods.add_period(date.today().replace(day=1), 'month', 1, -1)
+cad = env.ref('base.CAD')
+if env.company.currency_id != cad and not env['account.move.line'].search_count([], limit=1):
+    env.company.currency_id = cad  # a Canadian company billing in CAD, as in production
+hst = env['account.tax'].create({'name': 'HST 13%% (bench ' + tag + ')', 'amount': 13, 'amount_type': 'percent',
+                                 'type_tax_use': 'sale'})
+env.ref('fusion_centralize_billing.product_metered_usage').taxes_id = hst
 service = env['fusion.billing.service'].create({'name': 'Close bench ' + tag, 'code': 'close_' + tag,
                                                 'billing_mode': 'live'})
 metrics = [env['fusion.billing.metric'].create({'service_id': service.id, 'code': code, 'name': code,
                                                 'aggregation': 'sum', 'field_name': 'n'})
            for code in ('api_calls', 'storage_gb', 'seats')]
-product = env['product.product'].create({'name': 'Close bench plan', 'type': 'service', 'recurring_invoice': True})
+product = env['product.product'].create({'name': 'Close bench plan', 'type': 'service', 'recurring_invoice': True,
+                                          'taxes_id': [Command.set(hst.ids)]})
 plan = env['sale.subscription.plan'].create({'name': 'Close bench', 'x_fc_service_id': service.id,
                                              'x_fc_plan_code': 'close-' + tag, 'x_fc_amount': 20,
                                              'x_fc_product_id': product.id})
@@ -71,7 +78,7 @@ env.cr.execute('''
       FROM sale_order o CROSS JOIN unnest(%%s) AS m(id) WHERE o.x_fc_service_id = %%s''',
     [start, periods.add_period(start, 'month', 1), [m.id for m in metrics], service.id])
 env.cr.commit()
-result = {'service_id': service.id}
+result = {'service_id': service.id, 'company_currency': env.company.currency_id.name}
 """
 
 CLOSE = """
@@ -81,9 +88,9 @@ result = {}
 """
 
 CHECK = """
-env.cr.execute("SELECT count(*), count(DISTINCT partner_id), coalesce(sum(amount_total), 0) FROM account_move "
-               "WHERE x_fc_service_id = %(service)s AND state = 'posted'")
-invoices, customers, total = env.cr.fetchone()
+env.cr.execute("SELECT count(*), count(DISTINCT partner_id), coalesce(sum(amount_total), 0), "
+               "coalesce(sum(amount_tax), 0) FROM account_move WHERE x_fc_service_id = %(service)s AND state = 'posted'")
+invoices, customers, total, tax = env.cr.fetchone()
 env.cr.execute('''
     SELECT o.id, (SELECT count(*) FROM fusion_billing_usage u WHERE u.subscription_id = o.id AND u.state != 'open'),
            (SELECT count(*) FROM fusion_billing_usage u WHERE u.subscription_id = o.id AND u.state = 'billed'),
@@ -93,7 +100,7 @@ env.cr.execute('''
       FROM sale_order o WHERE o.x_fc_service_id = %(service)s''')
 # every period closed (3 rows), each billed row on exactly one usage order line, each invoiced once
 wrong = [row[0] for row in env.cr.fetchall() if row[1] != 3 or not row[2] == row[3] == row[4]]
-result = {'invoices': invoices, 'customers': customers, 'total_incl_tax': float(total),
+result = {'invoices': invoices, 'customers': customers, 'total_incl_tax': float(total), 'hst': float(tax),
           'subscriptions_not_billed_exactly_once': len(wrong)}
 """
 
@@ -113,6 +120,8 @@ def main():
     print_table(results, TARGETS)
     if results["check"][2]["subscriptions_not_billed_exactly_once"]:
         sys.exit("some subscriptions were not billed exactly once")
+    if not results["check"][2]["hst"]:
+        sys.exit("the usage invoices carry no HST")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class FusionBillingWebhook(models.Model):
             obj = record._fc_webhook_object()
         payload = signing.body_bytes(signing.envelope(webhook_type, service.organization_id, obj))
         sendable = service.billing_mode == "live" and service.webhook_url
-        return self.sudo().create({
+        return self.sudo().with_context(mail_create_nolog=True).create({  # a queue row: its state is tracked
             "service_id": service.id,
             "event_type": webhook_type,
             "object_type": signing.OBJECT_TYPES[webhook_type],

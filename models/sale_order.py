@@ -336,14 +336,19 @@ class SaleOrder(models.Model):
         today = fields.Date.context_today(self)
         self = self.with_context(fc_distribution_memo={})  # analytic defaults, looked up once per batch
         to_bill = [(order, charge, usage, rating) for order in self for charge, usage, rating in rated[order]]
-        order_lines = self.env["sale.order.line"].with_context(sale_no_log_for_new_lines=True).create([{
+        products = {charge: charge._fc_product() for charge in {row[1] for row in to_bill}}
+        # The usage lines and their invoices are the record of what was billed: the orders'
+        # totals are recomputed without logging a tracked "Total" change on every subscription.
+        untracked = self.with_context(tracking_disable=True)
+        order_lines = untracked.env["sale.order.line"].with_context(sale_no_log_for_new_lines=True).create([{
             "order_id": order.id,
-            "product_id": charge._fc_product().id,
+            "product_id": products[charge].id,
             "name": charge._fc_invoice_label(rating, bounds[order][0], bounds[order][1] - timedelta(days=1)),
             "product_uom_qty": 1,
             "price_unit": float(rating.amount),
             "sequence": 1000,
         } for order, charge, _usage, rating in to_bill])
+        untracked._recompute_recordset()
         billed = defaultdict(list)  # order → [(usage, order line)]
         for (order, _charge, usage, _rating), line in zip(to_bill, order_lines):
             billed[order].append((usage, line))
@@ -382,9 +387,21 @@ class SaleOrder(models.Model):
             "invoice_origin": ", ".join(orders.mapped("name")),
             "ref": ", ".join(dict.fromkeys(order.client_order_ref or order.name for order in orders))[:2000],
             "payment_reference": orders[0].reference if len(set(orders.mapped("reference"))) == 1 else False,
-            "invoice_line_ids": [Command.create(line._prepare_invoice_line(quantity=1))
+            "invoice_line_ids": [Command.create(self._fc_usage_invoice_line_values(orders[0], line))
                                  for order in orders for _usage, line in billed[order]],
         })
+        return values
+
+    @api.model
+    def _fc_usage_invoice_line_values(self, order, sale_line):
+        """Invoice line of a usage order line. In the company's currency its journal amount is
+        given as the tax sync will compute it (minus the untaxed subtotal), which spares Odoo
+        rewriting every line after creating it; a differing amount (e.g. a tax included in the
+        price) is still corrected by that sync."""
+        values = sale_line._prepare_invoice_line(quantity=1)
+        if order.currency_id == order.company_id.currency_id:
+            subtotal = values["price_unit"] * values["quantity"] * (1 - (values["discount"] or 0.0) / 100)
+            values["balance"] = values["amount_currency"] = -order.currency_id.round(subtotal)
         return values
 
     def _api_values(self, with_plan=False):

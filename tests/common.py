@@ -68,6 +68,7 @@ class FusionBillingFixtures:
         super().setUpClass()
         cls.env = cls.env(context=dict(cls.env.context, tracking_disable=True))
         cls.cad = cls.env.ref("base.CAD")
+        cls.env.company.currency_id = cls.cad  # a Canadian company, as in production
         cls.billing_user = new_test_user(
             cls.env, "fc_billing_user", groups="fusion_centralize_billing.group_fusion_billing_user")
         cls.billing_admin = new_test_user(

@@ -81,6 +81,9 @@ class TestUsageBilling(FusionBillingApiCase):
                       lines[0].name)
         self.assertEqual(lines.tax_ids, self.hst)
         self.assertEqual((invoice.amount_untaxed, invoice.amount_tax, invoice.amount_total), (13.5, 1.76, 15.26))
+        self.assertEqual(lines.mapped("balance"), [-7.5, -6.0], "income credited in the company's CAD")
+        self.assertEqual(invoice.line_ids.filtered(lambda l: l.display_type == "tax").balance, -1.76)
+        self.assertEqual(invoice.line_ids.filtered(lambda l: l.display_type == "payment_term").balance, 15.26)
         self.assertEqual(invoice.currency_id.name, "CAD")
         self.assertTrue(all(line.sale_line_ids.order_id == order for line in lines), "sale links kept")
         rows = order.x_fc_usage_ids.filtered(lambda u: u.period_start == date(2025, 1, 1))
@@ -146,6 +149,31 @@ class TestUsageBilling(FusionBillingApiCase):
         for line in invoices.invoice_line_ids:
             expected = {str(analytic.id): 100} if line.partner_id == other.partner_id else False
             self.assertEqual((line.analytic_distribution, line.sale_line_ids.analytic_distribution), (expected, expected))
+
+    def test_untaxed_usage_is_journalled_at_its_amount(self):
+        self.usage_product.taxes_id = False  # e.g. a zero-rated export customer's product
+        self.service.billing_mode = "live"
+        order = self._subscribe()
+        self._push_january()
+        self._close("2025-02-01 06:00:00")
+        invoice = self._usage_invoices(order)
+        self.assertEqual((invoice.amount_untaxed, invoice.amount_tax, invoice.amount_total), (13.5, 0.0, 13.5))
+        self.assertEqual(sorted(invoice.invoice_line_ids.mapped("balance")), [-7.5, -6.0])
+        self.assertEqual(invoice.line_ids.filtered(lambda l: l.display_type == "payment_term").balance, 13.5)
+        self.assertEqual(invoice.amount_residual, 13.5)
+
+    def test_period_close_logs_no_total_change_on_the_subscription(self):
+        self.service.billing_mode = "live"
+        order = self._subscribe().with_context(tracking_disable=False)
+        self._push_january()
+        self.env.cr.flush()  # tracking of the set-up is logged now
+        messages = order.message_ids
+        with freeze_time("2025-02-01 06:00:00"):
+            order.env["sale.order"]._cron_close_usage_periods()
+        self.env.cr.flush()  # ... and the close's, if any
+        self.assertGreater(order.amount_untaxed, 49.0, "usage lines were added to the subscription")
+        self.assertFalse((order.message_ids - messages).tracking_value_ids,
+                         "usage lines and invoices record the close, not a tracked total on every subscription")
 
     def test_shadow_mode_records_everything_and_creates_nothing_postable(self):
         order = self._subscribe("sub_shadow")
