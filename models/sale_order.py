@@ -323,6 +323,12 @@ class SaleOrder(models.Model):
                     if not order.x_fc_service_id.is_shadow()}
         return self.filtered(lambda order: billable.get(order))._fc_invoice_usage(bounds, billable)
 
+    @api.model
+    def _fc_tracked_totals(self):
+        """Stored computed fields of an order that its chatter tracks (its totals)."""
+        return [name for name, field in self._fields.items()
+                if field.store and field.compute and getattr(field, "tracking", None)]
+
     # Odoo's invoice creation slows down per invoice when too many are created in one call.
     _FC_INVOICE_CHUNK = 50
 
@@ -348,7 +354,7 @@ class SaleOrder(models.Model):
             "price_unit": float(rating.amount),
             "sequence": 1000,
         } for order, charge, _usage, rating in to_bill])
-        untracked._recompute_recordset()
+        untracked._recompute_recordset(self._fc_tracked_totals())
         billed = defaultdict(list)  # order → [(usage, order line)]
         for (order, _charge, usage, _rating), line in zip(to_bill, order_lines):
             billed[order].append((usage, line))
