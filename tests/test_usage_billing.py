@@ -162,6 +162,17 @@ class TestUsageBilling(FusionBillingApiCase):
         self.assertEqual(invoice.line_ids.filtered(lambda l: l.display_type == "payment_term").balance, 13.5)
         self.assertEqual(invoice.amount_residual, 13.5)
 
+    def test_usage_priced_tax_included_is_journalled_net_of_tax(self):
+        self.hst.price_include_override = "tax_included"
+        self.service.billing_mode = "live"
+        order = self._subscribe()
+        self._push_january()
+        self._close("2025-02-01 06:00:00")
+        invoice = self._usage_invoices(order)
+        self.assertEqual((invoice.amount_untaxed, invoice.amount_tax, invoice.amount_total), (11.95, 1.55, 13.5))
+        self.assertEqual(sorted(invoice.invoice_line_ids.mapped("balance")), [-6.64, -5.31])
+        self.assertEqual(invoice.line_ids.filtered(lambda l: l.display_type == "payment_term").balance, 13.5)
+
     def test_period_close_logs_no_total_change_on_the_subscription(self):
         self.service.billing_mode = "live"
         order = self._subscribe().with_context(tracking_disable=False)
