@@ -79,7 +79,7 @@ env.cr.execute('''
       FROM sale_order o CROSS JOIN unnest(%%s) AS m(id) WHERE o.x_fc_service_id = %%s''',
     [start, periods.add_period(start, 'month', 1), [m.id for m in metrics], service.id])
 env.cr.commit()
-result = {'service_id': service.id, 'company_currency': env.company.currency_id.name}
+result = {'service_id': service.id}
 """
 
 CLOSE = """

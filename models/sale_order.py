@@ -324,8 +324,8 @@ class SaleOrder(models.Model):
         return self.filtered(lambda order: billable.get(order))._fc_invoice_usage(bounds, billable)
 
     @api.model
-    def _fc_tracked_totals(self):
-        """Stored computed fields of an order that its chatter tracks (its totals)."""
+    def _fc_tracked_computed_fields(self):
+        """Stored computed fields of an order that its chatter tracks (its totals among them)."""
         return [name for name, field in self._fields.items()
                 if field.store and field.compute and getattr(field, "tracking", None)]
 
@@ -354,7 +354,7 @@ class SaleOrder(models.Model):
             "price_unit": float(rating.amount),
             "sequence": 1000,
         } for order, charge, _usage, rating in to_bill])
-        untracked._recompute_recordset(self._fc_tracked_totals())
+        untracked._recompute_recordset(self._fc_tracked_computed_fields())
         billed = defaultdict(list)  # order → [(usage, order line)]
         for (order, _charge, usage, _rating), line in zip(to_bill, order_lines):
             billed[order].append((usage, line))
@@ -393,21 +393,22 @@ class SaleOrder(models.Model):
             "invoice_origin": ", ".join(orders.mapped("name")),
             "ref": ", ".join(dict.fromkeys(order.client_order_ref or order.name for order in orders))[:2000],
             "payment_reference": orders[0].reference if len(set(orders.mapped("reference"))) == 1 else False,
-            "invoice_line_ids": [Command.create(self._fc_usage_invoice_line_values(orders[0], line))
+            "invoice_line_ids": [Command.create(self._fc_usage_invoice_line_values(line))
                                  for order in orders for _usage, line in billed[order]],
         })
         return values
 
     @api.model
-    def _fc_usage_invoice_line_values(self, order, sale_line):
+    def _fc_usage_invoice_line_values(self, sale_line):
         """Invoice line of a usage order line. In the company's currency its journal amount is
         given as the tax sync will compute it (minus the untaxed subtotal), which spares Odoo
         rewriting every line after creating it; a differing amount (e.g. a tax included in the
         price) is still corrected by that sync."""
         values = sale_line._prepare_invoice_line(quantity=1)
-        if order.currency_id == order.company_id.currency_id:
+        currency = sale_line.currency_id
+        if currency == sale_line.company_id.currency_id:
             subtotal = values["price_unit"] * values["quantity"] * (1 - (values["discount"] or 0.0) / 100)
-            values["balance"] = values["amount_currency"] = -order.currency_id.round(subtotal)
+            values["balance"] = values["amount_currency"] = -currency.round(subtotal)
         return values
 
     def _api_values(self, with_plan=False):
