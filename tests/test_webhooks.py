@@ -101,10 +101,10 @@ class TestWebhooks(FusionBillingCase):
         self.assertFalse(self._queue())
 
     def test_outage_retries_in_order_and_loses_nothing(self):
-        now = fields.Datetime.now()
         self._customer("cus_a")
         self._customer("cus_a", phone="1")          # same object: must arrive after the first
         self._customer("cus_b")
+        now = fields.Datetime.now()  # after queuing: the rows are due now (not a second later)
         # Receiver down (nothing listening) for a while, then failing, then back.
         self.receiver.server.server_close()
         self.receiver = Receiver()
