@@ -16,7 +16,7 @@ from odoo.exceptions import UserError, ValidationError
 from odoo.http import request
 from odoo.modules.module import get_manifest
 
-from ..core import keys, lago
+from ..core import errors, keys, lago
 from ..models.fusion_billing_event import IngestConflict
 from . import openapi
 
@@ -106,6 +106,8 @@ class BillingApi(http.Controller):
             return json_response(body)
         except lago.LagoError as error:
             raise LagoResponse(error) from None
+        except errors.BillingError as error:
+            raise LagoResponse(lago.from_domain_error(error)) from None
         except IngestConflict as conflict:
             raise LagoResponse(lago.validation(conflict_details(conflict))) from None
         except (UserError, ValidationError) as error:

@@ -11,6 +11,7 @@ import re
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
+from . import errors
 from .money import to_decimal
 
 DEFAULT_PER_PAGE = 100
@@ -59,6 +60,17 @@ def bad_request(message):
 def payload_too_large():
     """Lago has no such envelope; ours follows its shape."""
     return LagoError(413, {"status": 413, "error": "Payload Too Large", "code": "payload_too_large"})
+
+
+def from_domain_error(error):
+    """The Lago envelope of a model's domain error (``core.errors``)."""
+    if isinstance(error, errors.NotFound):
+        return not_found(error.resource)
+    if isinstance(error, errors.NotAllowed):
+        return method_not_allowed(error.code)
+    if isinstance(error, errors.Invalid):
+        return validation(error.details)
+    return validation({"base": [str(error)]})
 
 
 # ---------------------------------------------------------------------------- parsing

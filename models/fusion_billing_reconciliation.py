@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from odoo import api, fields, models
 
-from ..core import lago, money, periods, reconcile
+from ..core import errors, money, periods, reconcile
 
 TOLERANCE_PARAM = "fusion_billing.reconciliation_tolerance"
 
@@ -201,25 +201,25 @@ class FusionBillingReconciliation(models.Model):
 
 def _validate_app_bill(bill, index):
     """One reported bill: ids and period required, amounts integer minor units."""
-    errors = {}
+    problems = {}
     if not isinstance(bill, dict):
-        raise lago.validation({str(index): {"app_bill": ["value_is_invalid"]}})
+        raise errors.Invalid({str(index): {"app_bill": ["value_is_invalid"]}})
     if not isinstance(bill.get("external_subscription_id"), str) or not bill["external_subscription_id"].strip():
-        errors["external_subscription_id"] = ["value_is_mandatory"]
+        problems["external_subscription_id"] = ["value_is_mandatory"]
     dates = {}
     for key in ("period_start", "period_end"):
         try:
             dates[key] = date.fromisoformat(bill.get(key) or "")
         except (TypeError, ValueError):
-            errors[key] = ["invalid_date"]
+            problems[key] = ["invalid_date"]
     for key in ("base_fee_cents", "tax_cents"):
         if bill.get(key) is not None and (isinstance(bill[key], bool) or not isinstance(bill[key], int)):
-            errors[key] = ["value_is_invalid"]
+            problems[key] = ["value_is_invalid"]
     usage = bill.get("usage") or {}
     if not isinstance(usage, dict) or any(isinstance(v, bool) or not isinstance(v, int) for v in usage.values()):
-        errors["usage"] = ["value_is_invalid"]
-    if errors:
-        raise lago.validation({str(index): errors})
+        problems["usage"] = ["value_is_invalid"]
+    if problems:
+        raise errors.Invalid({str(index): problems})
     return {"external_subscription_id": bill["external_subscription_id"].strip(), **dates,
             "external_customer_id": bill.get("external_customer_id"), "currency": bill.get("currency"),
             "plan_code": bill.get("plan_code"), "base_fee_cents": bill.get("base_fee_cents"),

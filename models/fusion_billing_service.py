@@ -75,7 +75,7 @@ class FusionBillingService(models.Model):
             service.account_link_count = links.get(service, 0)
             service.subscription_count = subs.get(service, 0)
 
-    def is_shadow(self):
+    def _is_shadow(self):
         self.ensure_one()
         return self.billing_mode == "shadow"
 

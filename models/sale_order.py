@@ -8,7 +8,7 @@ from markupsafe import Markup
 
 from odoo import Command, api, fields, models
 
-from ..core import lago, money, periods
+from ..core import errors, lago, money, periods
 from . import batch_jobs
 
 _logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class SaleOrder(models.Model):
         }
         unknown = set(statuses or ()) - set(by_status)
         if unknown:
-            raise lago.validation({"status": ["value_is_invalid"]})
+            raise errors.Invalid({"status": ["value_is_invalid"]})
         status_domain = []
         for status in statuses or by_status:
             status_domain = (["|"] + status_domain if status_domain else []) + by_status[status]
@@ -207,10 +207,10 @@ class SaleOrder(models.Model):
         plan = self.env["sale.subscription.plan"].search(
             [("x_fc_service_id", "=", service.id), ("x_fc_plan_code", "=", clean["plan_code"])], limit=1)
         if not plan:
-            raise lago.not_found("plan")
+            raise errors.NotFound("plan")
         current = self._api_find(service, clean["external_id"], statuses=("active", "pending"))
         if current and current.x_fc_account_link_id != link:
-            raise lago.validation({"external_id": ["value_already_exist"]})
+            raise errors.Invalid({"external_id": ["value_already_exist"]})
         if current and current.plan_id == plan:
             return current
         previous_code = current.plan_id.x_fc_plan_code if current else False
@@ -231,7 +231,7 @@ class SaleOrder(models.Model):
             "end_date": clean["ending_at"].date() if clean.get("ending_at") else False,
             "order_line": [Command.create(plan._fc_base_fee_line_values())] if plan.x_fc_product_id else [],
         })
-        if not service.is_shadow():
+        if not service._is_shadow():
             order.action_confirm()
         order._fc_notify("subscription.started")
         return order
@@ -248,7 +248,7 @@ class SaleOrder(models.Model):
             order.flush_recordset(["x_fc_terminated_at"])
             if pending:
                 order.with_context(disable_cancel_warning=True).action_cancel()
-            elif not order.x_fc_service_id.is_shadow() and order.subscription_state in ("3_progress", "4_paused"):
+            elif not order.x_fc_service_id._is_shadow() and order.subscription_state in ("3_progress", "4_paused"):
                 order.set_close()
             if on_termination_invoice != "skip":
                 order._fc_bill_termination()
@@ -320,7 +320,7 @@ class SaleOrder(models.Model):
         usage_model._fc_record_amounts({usage.id: rating.amount for rows in rated.values()
                                         for _charge, usage, rating in rows}, state="closed")
         billable = {order: [row for row in rows if row[2].amount_minor] for order, rows in rated.items()
-                    if not order.x_fc_service_id.is_shadow()}
+                    if not order.x_fc_service_id._is_shadow()}
         return self.filtered(lambda order: billable.get(order))._fc_invoice_usage(bounds, billable)
 
     @api.model

@@ -29,7 +29,7 @@ class TestFoundation(FusionBillingCase):
         service = self._create_service("NexaMaps", "nexamaps")
         self.assertEqual(service.currency_id, self.cad)
         self.assertEqual(service.billing_mode, "shadow")
-        self.assertTrue(service.is_shadow())
+        self.assertTrue(service._is_shadow())
         self.assertEqual(len(service.organization_id), 32)
 
     @mute_logger("odoo.sql_db")

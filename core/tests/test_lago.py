@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from core import lago
+from core import errors, lago
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 
@@ -194,3 +194,11 @@ def test_a_retried_event_without_timestamp_is_a_replay_not_a_conflict():
     assert first["timestamp"] != retried["timestamp"]
     stamped = lago.validate_event(dict(event, timestamp=int(NOW.timestamp())), NOW)
     assert stamped["fingerprint"] != first["fingerprint"]
+
+
+def test_domain_errors_map_onto_lago_envelopes():
+    assert lago.from_domain_error(errors.NotFound("plan")).body == {
+        "status": 404, "error": "Not Found", "code": "plan_not_found"}
+    assert lago.from_domain_error(errors.NotAllowed("no_active_subscription")).status == 405
+    invalid = lago.from_domain_error(errors.Invalid({"external_id": ["value_already_exist"]}))
+    assert (invalid.status, invalid.body["error_details"]) == (422, {"external_id": ["value_already_exist"]})
