@@ -51,6 +51,9 @@ SKIPPED_STATUSES = {
     "canceled": "canceled in NexaCloud",
     "incomplete_expired": "never started in NexaCloud (incomplete_expired)",
 }
+# Statuses Stripe still charges at each renewal (trials and incomplete subscriptions collect nothing).
+BILLED_STATUSES = ("active", "past_due", "unpaid", "paused")
+MONTHS_PER_INTERVAL = {"month": Decimal(1), "year": Decimal(12), "week": Decimal(12) / 52}
 LIVE_DEPLOYMENT_STATUSES = ("provisioning", "running", "stopped")
 INTERVALS = {"month": "month", "monthly": "month", "year": "year", "yearly": "year", "annual": "year",
              "week": "week", "weekly": "week"}
@@ -298,7 +301,10 @@ class Source:
 
 
 # ---------------------------------------------------------------------------- planner
-Decision = namedtuple("Decision", "action reason values warning", defaults=(None, None, None))
+Decision = namedtuple("Decision", "action reason values warning code", defaults=(None, None, None, None))
+"""``code`` names why a row is skipped or failed, for code that counts them: ``canceled``,
+``incomplete_expired``, ``user_deleted`` (its user is soft-deleted), ``parent_failed``,
+``orphan``; None otherwise."""
 IMPORT, SKIP, FAIL = "import", "skip", "fail"
 
 
@@ -376,7 +382,7 @@ def plan_subscription(row, users, plans):
     """
     status = (row.get("status") or "").strip().lower()
     if status in SKIPPED_STATUSES:
-        return Decision(SKIP, SKIPPED_STATUSES[status])
+        return Decision(SKIP, SKIPPED_STATUSES[status], code=status)
     if status not in STRIPE_STATUSES:
         return Decision(FAIL, f"unknown status '{row.get('status')}'")
     user_id, plan_id = str(row["user_id"]), row["plan_id"]
@@ -397,12 +403,27 @@ def plan_subscription(row, users, plans):
 def _parent_problem(kind, key, action, skipped_reason):
     """Why a row cannot be imported because of the parent row it points at (None: no problem)."""
     if action is None:
-        return Decision(FAIL, f"orphan: {kind} {key} does not exist")
+        return Decision(FAIL, f"orphan: {kind} {key} does not exist", code="orphan")
     if action == SKIP:
-        return Decision(SKIP, skipped_reason)
+        return Decision(SKIP, skipped_reason, code="user_deleted" if kind == "user" else "parent_skipped")
     if action == FAIL:
-        return Decision(FAIL, f"its {kind} {key} could not be imported")
+        return Decision(FAIL, f"its {kind} {key} could not be imported", code="parent_failed")
     return None
+
+
+def still_billed_by_stripe(row):
+    """Whether Stripe still charges this subscriptions row at its renewals (whatever NexaCloud did with its user)."""
+    return (row.get("status") or "").strip().lower() in BILLED_STATUSES
+
+
+def monthly_amount(plan_row):
+    """A plans row's price per month (a yearly price counts 1/12), or None when unreadable."""
+    months = MONTHS_PER_INTERVAL.get(INTERVALS.get((plan_row.get("interval") or "").strip().lower()))
+    try:
+        price = Decimal(int(plan_row["price_cents"])) / 100
+    except (TypeError, ValueError, KeyError):
+        return None
+    return price / months if months else None
 
 
 def plan_deployment(row, subscriptions):
