@@ -301,10 +301,20 @@ class Source:
 
 
 # ---------------------------------------------------------------------------- planner
-Decision = namedtuple("Decision", "action reason values warning code", defaults=(None, None, None, None))
-"""``code`` names why a row is skipped or failed, for code that counts them: ``canceled``,
-``incomplete_expired``, ``user_deleted`` (its user is soft-deleted), ``parent_failed``,
-``orphan``; None otherwise."""
+class Decision(namedtuple("Decision", "action reason values warning", defaults=(None, None, None))):
+    """What to do with one source row. ``code`` names why a row is skipped or failed, for code that
+    counts them: ``canceled``, ``incomplete_expired``, ``user_deleted`` (its user is soft-deleted),
+    ``parent_failed``, ``parent_skipped``, ``orphan``; None otherwise. It is kept out of the tuple, so
+    a decision still equals ``(action, reason, values, warning)``."""
+
+    code = None
+
+    def __new__(cls, action, reason=None, values=None, warning=None, code=None):
+        decision = super().__new__(cls, action, reason, values, warning)
+        decision.code = code
+        return decision
+
+
 IMPORT, SKIP, FAIL = "import", "skip", "fail"
 
 
