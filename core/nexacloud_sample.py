@@ -150,20 +150,59 @@ def load_scale(cursor, users=20_000, subscriptions=25_000, deployments=60_000, p
                CASE WHEN g %% 500 = 0 THEN ' User' || g || '@Example.COM ' ELSE 'user' || g || '@example.com' END,
                CASE WHEN g %% 50 = 0 THEN NULL ELSE 'Client ' || g || ' Dupré' END,
                CASE WHEN g %% 4 = 0 THEN 'Company ' || g || ' Inc.' END, 'cus_' || g, g %% 97 <> 0,
-               now() - interval '400 days', CASE WHEN g %% 100 = 0 THEN now() END
+               now() - interval '1000 days', CASE WHEN g %% 100 = 0 THEN now() END
           FROM generate_series(1, %(users)s) g""", {"users": users})
+    # Stripe-consistent periods: each subscription renews on the anniversaries of its creation
+    # (monthly or yearly, Stripe's end-of-month clamping: Jan 31 → Feb 28 → Mar 31); its current
+    # period is the one containing now (or its cancellation); trials run 14 days. Statuses and
+    # plans are spread so that soft-deleted users hold subscriptions of every status.
     cursor.execute("""
+        WITH base AS (
+            SELECT g, (ARRAY['active','active','active','active','active','active','active','active','active',
+                             'active','active','trialing','trialing','past_due','unpaid','paused','incomplete',
+                             'incomplete_expired','canceled','canceled'])[(g + g / 100) %% 20 + 1] AS status,
+                   (7 * g + g / 100) %% %(plans)s + 1 AS plan_id
+              FROM generate_series(1, %(subscriptions)s) g
+        ), dated AS (
+            SELECT b.*, p.interval = 'year' AS yearly,
+                   CASE WHEN b.status IN ('trialing', 'incomplete', 'incomplete_expired')
+                        THEN now() - make_interval(days => g %% 12 + 1, secs => g %% 86400)
+                        ELSE now() - make_interval(days => (g * 7919) %% 900 + 50, secs => g %% 86400) END AS created,
+                   CASE WHEN b.status = 'canceled' THEN now() - make_interval(days => g %% 45, secs => g %% 3600 + 60)
+                   END AS canceled
+              FROM base b JOIN plans p ON p.id = b.plan_id
+        ), aged AS (
+            SELECT d.*, age(COALESCE(d.canceled, now()), d.created) AS age FROM dated d
+        ), counted AS (
+            SELECT a.*, CASE WHEN a.status IN ('trialing', 'incomplete', 'incomplete_expired') THEN 0
+                             WHEN a.yearly THEN extract(year FROM a.age)::int
+                             ELSE (extract(year FROM a.age) * 12 + extract(month FROM a.age))::int END AS n0
+              FROM aged a
+        ), periods AS (  -- age() counts one interval short at some month ends (Jan 31 → Nov 30)
+            SELECT c.*, c.n0 + (c.status NOT IN ('trialing', 'incomplete', 'incomplete_expired') AND
+                                c.created + CASE WHEN c.yearly THEN make_interval(years => c.n0 + 1)
+                                                 ELSE make_interval(months => c.n0 + 1) END
+                                <= COALESCE(c.canceled, now()))::int AS n
+              FROM counted c
+        )
         INSERT INTO subscriptions (id, user_id, plan_id, status, stripe_subscription_id, current_period_start,
                                    current_period_end, cancel_at_period_end, created_at, canceled_at)
         SELECT (lpad(to_hex(2), 16, '0') || lpad(to_hex(g), 16, '0'))::uuid,
                (lpad(to_hex(1), 16, '0') || lpad(to_hex((g - 1) %% %(users)s + 1), 16, '0'))::uuid,
-               g %% %(plans)s + 1,
-               (ARRAY['active','active','active','active','trialing','past_due','unpaid','paused','incomplete',
-                      'canceled'])[g %% 10 + 1],
-               'sub_' || g, date_trunc('month', now()), date_trunc('month', now()) + interval '1 month',
-               g %% 13 = 0, now() - interval '300 days', CASE WHEN g %% 10 = 9 THEN now() - interval '5 days' END
-          FROM generate_series(1, %(subscriptions)s) g""",
-                   {"users": users, "plans": plans, "subscriptions": subscriptions})
+               plan_id, status, 'sub_' || g,
+               created + CASE WHEN yearly THEN make_interval(years => n) ELSE make_interval(months => n) END,
+               CASE WHEN status = 'trialing' THEN created + interval '14 days'
+                    WHEN yearly THEN created + make_interval(years => n + 1)
+                    ELSE created + make_interval(months => n + 1) END,
+               status NOT IN ('canceled', 'trialing', 'incomplete', 'incomplete_expired') AND g %% 13 = 0,
+               created,
+               CASE WHEN status = 'canceled' THEN canceled
+                    WHEN status NOT IN ('trialing', 'incomplete', 'incomplete_expired') AND g %% 13 = 0
+                    -- cancel_at_period_end: Stripe sets canceled_at when the cancellation is asked for
+                    THEN LEAST(now() - interval '1 minute', created + CASE WHEN yearly THEN make_interval(years => n)
+                                                                  ELSE make_interval(months => n) END
+                                                          + interval '1 day') END
+          FROM periods""", {"users": users, "plans": plans, "subscriptions": subscriptions})
     cursor.execute("""
         INSERT INTO deployments (id, user_id, subscription_id, name, status, region, vcpu, ram_mb, disk_gb,
                                  created_at, deleted_at)

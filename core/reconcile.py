@@ -253,12 +253,17 @@ def _dates(values):
     return ", ".join(str(value) for value in values) or "none"
 
 
+def _plans_differ(odoo, app):
+    """Both sides name their plan, and not the same one (an app that does not say is not compared)."""
+    return bool(odoo.plan_code and app.plan_code and odoo.plan_code != app.plan_code)
+
+
 def explain(odoo, app, tolerance=DEFAULT_TOLERANCE):
     """Every way two bills of one subscription differ, most structural first."""
     reasons = []
     if odoo.currency != app.currency:
         reasons.append(f"currency differs: Odoo {odoo.currency}, app {app.currency}")
-    if (odoo.plan_code or app.plan_code) and odoo.plan_code != app.plan_code:
+    if _plans_differ(odoo, app):
         reasons.append(f"plan differs: Odoo {odoo.plan_code}, app {app.plan_code}")
     if abs(odoo.base_fee - app.base_fee) > tolerance:
         reasons.append(f"base fee differs: Odoo {_money(odoo.base_fee)}, app {_money(app.base_fee)}")
@@ -289,7 +294,7 @@ def _missing_in_odoo(app, linked, imported_at):
     if app.status is not None and imported_at is not None and app.since is not None and app.since >= _day(imported_at):
         return "new_since_import", (f"Not imported yet: created in the app on {app.since}, after the last import "
                                     f"({_day(imported_at)}); {billed}. Run the import again.")
-    if linked is not None and app.partner_key not in linked:
+    if linked is not None and app.partner_key is not None and str(app.partner_key) not in linked:
         return "no_account_link", (f"No account link: the app's customer {app.partner_key} is unknown to Odoo; "
                                    f"{billed}.")
     if app.status is not None:
@@ -302,7 +307,7 @@ def _mismatch(odoo, app, tolerance):
     if odoo.currency != app.currency:
         return "currency", (f"Foreign currency: Odoo bills in {odoo.currency}, the app in {app.currency}; the amounts "
                             "cannot be compared.")
-    if (odoo.plan_code or app.plan_code) and odoo.plan_code != app.plan_code:
+    if _plans_differ(odoo, app):
         return "plan_differs", f"Plan differs: Odoo bills plan {odoo.plan_code}, the app {app.plan_code}."
     status = app.status or ""
     if status == "trialing" and not app.renewals:
@@ -361,8 +366,7 @@ def classify(odoo, app, tolerance=DEFAULT_TOLERANCE, linked=None, imported_at=No
             f"Billed by Odoo only: the app has no bill for this subscription (Odoo bills {_money(odoo_amount)} "
             f"{odoo.currency}).")
     details = explain(odoo, app, tolerance)
-    same = (abs(odoo_amount - app_amount) <= tolerance and odoo.currency == app.currency
-            and (odoo.plan_code or None) == (app.plan_code or None))
+    same = abs(odoo_amount - app_amount) <= tolerance and odoo.currency == app.currency and not _plans_differ(odoo, app)
     if same:
         return "match", None, details
     reason, sentence = _mismatch(odoo, app, tolerance)

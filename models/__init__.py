@@ -7,6 +7,8 @@ from . import fusion_billing_usage
 from . import fusion_billing_event
 from . import fusion_billing_webhook
 from . import fusion_billing_reconciliation
+from . import fusion_billing_reconciliation_run
+from . import fusion_billing_reconciliation_run_line
 from . import res_partner
 from . import sale_subscription_plan
 from . import sale_order

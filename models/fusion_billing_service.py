@@ -61,6 +61,13 @@ class FusionBillingService(models.Model):
     metric_ids = fields.One2many("fusion.billing.metric", "service_id", string="Billable Metrics")
     account_link_count = fields.Integer(compute="_compute_counts")
     subscription_count = fields.Integer(compute="_compute_counts")
+    reconciliation_run_ids = fields.One2many("fusion.billing.reconciliation.run", "service_id",
+                                             string="Reconciliation Runs")
+    last_reconciliation_run_id = fields.Many2one(
+        "fusion.billing.reconciliation.run", string="Latest Reconciliation", compute="_compute_last_reconciliation")
+    last_reconciliation_failed = fields.Boolean(compute="_compute_last_reconciliation")
+    last_reconciliation_summary = fields.Html(compute="_compute_last_reconciliation", sanitize=False,
+                                              string="Latest Reconciliation Figures")
 
     _code_company_uniq = models.Constraint(
         "UNIQUE(company_id, code)", "A service code must be unique per company.")
@@ -74,6 +81,28 @@ class FusionBillingService(models.Model):
         for service in self:
             service.account_link_count = links.get(service, 0)
             service.subscription_count = subs.get(service, 0)
+
+    @api.depends("reconciliation_run_ids")
+    def _compute_last_reconciliation(self):
+        for service in self:
+            run = service._fc_latest_reconciliation_run() if service.id else service.reconciliation_run_ids
+            service.last_reconciliation_run_id = run
+            service.last_reconciliation_failed = run.state == "failed"
+            service.last_reconciliation_summary = run.summary_html if run else False
+
+    def _fc_latest_reconciliation_run(self, period_start=None):
+        """The latest reconciliation run of this service (of ``period_start`` if given), failed or not.
+        Its ``line_ids`` hold the figures per reason (count, amount, change since the previous run)."""
+        self.ensure_one()
+        domain = [("service_id", "=", self.id)] + ([("period_start", "=", period_start)] if period_start else [])
+        return self.env["fusion.billing.reconciliation.run"].search(domain, limit=1)
+
+    def action_view_reconciliation_runs(self):
+        self.ensure_one()
+        action = self.env["ir.actions.act_window"]._for_xml_id(
+            "fusion_centralize_billing.fusion_billing_reconciliation_run_action")
+        action["domain"] = [("service_id", "=", self.id)]
+        return action
 
     def _is_shadow(self):
         self.ensure_one()
@@ -136,14 +165,20 @@ class FusionBillingService(models.Model):
             raise AccessError(self.env._("Only Fusion Billing administrators can change a service's billing mode."))
 
     def _fc_source_bills(self, period_start, period_end):
-        """App-side bills derived read-only from the app's own database (NexaCloud), if configured."""
+        """App-side bills derived read-only from the app's own database (NexaCloud), if configured:
+        how Stripe bills each subscription in the period, and why the importer would leave it out.
+        An unreachable or incomplete source raises a ``UserError`` that says why."""
         self.ensure_one()
         dsn = self.env["ir.config_parameter"].sudo().get_param("fusion_billing.nexacloud_dsn")
         if self.code != "nexacloud" or not dsn:
             return {}
-        with nexacloud.Source(nexacloud.normalise_dsn(dsn)[0]) as source:
-            return reconcile.nexacloud_bills(list(source.rows("plans")), list(source.rows("subscriptions")),
-                                             period_start, period_end)
+        try:
+            with nexacloud.Source(nexacloud.normalise_dsn(dsn)[0]) as source:
+                return reconcile.nexacloud_bills(
+                    list(source.rows("plans")), source.rows("subscriptions"), period_start, period_end,
+                    users=list(source.rows("users")), service_currency=self.currency_id.name)
+        except nexacloud.SourceError as error:
+            raise UserError(str(error)) from None
 
     def action_reconcile_last_month(self):
         """Reconcile the last calendar month now and show the rows."""

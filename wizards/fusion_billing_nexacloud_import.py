@@ -213,6 +213,13 @@ class FusionBillingNexacloudImport(models.TransientModel):
         else:
             banner, message = "success", self.env._("%(what)s: every row imported cleanly.", what=what)
         message += " " + self.env._("%(created)s created, %(updated)s updated.", created=created, updated=updated)
+        billed = run.deleted_users_billed
+        if billed["count"]:
+            message += " " + self.env._(
+                "%(count)s live Stripe subscriptions were skipped because their NexaCloud user is soft-deleted: "
+                "Stripe still bills them %(amount)s a month, Odoo will not.", count=billed["count"],
+                amount=" + ".join(f"{amount:,.2f} {currency}" for currency, amount in sorted(billed["monthly"].items()))
+                or "an unknown amount")
         self.line_ids.unlink()
         self.write({
             "banner": banner, "banner_message": message, "ran_at": fields.Datetime.now(),

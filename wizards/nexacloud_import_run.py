@@ -12,6 +12,7 @@ others down.
 """
 import logging
 from collections import defaultdict
+from decimal import Decimal
 from itertools import islice
 
 from odoo import Command, fields
@@ -53,6 +54,9 @@ class ImportRun:
         self.subs = {}             # source subscription id → (order id, anchor date, plan record id)
         self.on_progress = on_progress or (lambda text: None)
         self.read = dict.fromkeys(("users", "subscriptions", "deployments"), 0)
+        self.plan_monthly = {}     # source plan id → (price per month, currency), for the figures below
+        # Subscriptions Stripe still charges although the importer skips them (their user is soft-deleted).
+        self.deleted_users_billed = {"count": 0, "monthly": defaultdict(Decimal)}  # currency → amount a month
 
     # ------------------------------------------------------------------ bookkeeping
     def count(self, entity, outcome, number=1):
@@ -123,6 +127,7 @@ class ImportRun:
         for row in rows:
             decision = nexacloud.plan_plan(row, self.service.currency_id.name)
             self.plan_state[row["id"]] = decision.action
+            self.plan_monthly[row["id"]] = (nexacloud.monthly_amount(row), (row.get("currency") or "").strip().upper())
             if decision.action != nexacloud.IMPORT:
                 self.report("plans", "plans", row["id"], "failed", decision.reason)
                 continue
@@ -321,6 +326,8 @@ class ImportRun:
                 if decision.action == nexacloud.IMPORT:
                     planned.append((sub_id, decision.values))
                 else:
+                    if decision.code == "user_deleted" and nexacloud.still_billed_by_stripe(row):
+                        self.count_deleted_user_billed(row)
                     self.report("subscriptions", "subscriptions", sub_id,
                                 "skipped" if decision.action == nexacloud.SKIP else "failed", decision.reason)
             existing = {}
@@ -353,6 +360,12 @@ class ImportRun:
             self.isolated("subscriptions", "subscriptions", updates, self._update_subs, self._mark_failed_sub)
             self.isolated("subscriptions", "subscriptions", creates, self._create_subs, self._mark_failed_sub)
             self.tick("subscriptions", len(chunk))
+
+    def count_deleted_user_billed(self, row):
+        amount, currency = self.plan_monthly.get(row["plan_id"], (None, None))
+        self.deleted_users_billed["count"] += 1
+        if amount is not None:
+            self.deleted_users_billed["monthly"][currency] += amount
 
     def _mark_failed_sub(self, sub_id):
         self.sub_state[sub_id] = nexacloud.FAIL

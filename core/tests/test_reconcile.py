@@ -311,6 +311,18 @@ def test_summary_counts_and_amounts_per_reason():
     assert (summary["total_abs_delta"], summary["total_odoo"], summary["total_app"]) == (D(41), D(20), D(41))
 
 
+def test_a_side_that_does_not_name_its_plan_is_not_compared_on_plan():
+    assert reconcile({"s": bill(plan="pro")}, {"s": bill(plan=None)})[0]["status"] == "match"
+    [row] = reconcile({"s": bill(plan="pro")}, {"s": bill("12", plan=None)})
+    assert (row["status"], row["reason"]) == ("mismatch", "price_differs")
+
+
+def test_small_differences_that_add_up_are_amounts_that_differ():
+    [row] = reconcile({"s": bill(usage={"a": "1.00", "b": "1.00"})}, {"s": bill(usage={"a": "1.01", "b": "1.01"})})
+    assert (row["status"], row["reason"], row["explanation"]) == (
+        "mismatch", "amount_differs", "Amounts differ by -0.02 CAD.")
+
+
 def test_custom_tolerance():
     assert reconcile({"s": bill("10")}, {"s": bill("10.40")}, tolerance="0.50")[0]["status"] == "match"
 
