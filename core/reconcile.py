@@ -7,17 +7,15 @@ match (:data:`REASONS`: a *timing* difference or a *real* one) and a plain-langu
 How the app (Stripe) bills, as :func:`stripe_renewals` derives it from NexaCloud's tables
 -------------------------------------------------------------------------------------------
 Stripe bills a subscription in advance at each *renewal*: the start of each billing period.
-From one snapshot of a subscription the renewals are
+From one snapshot of a subscription the renewals are ``current_period_start``,
+``current_period_end`` (the next renewal) and the dates a whole interval (month, year) before
+them, back to the subscription's creation (``created_at``). Intervals are counted back from
+``current_period_end``, which keeps the anchor day Stripe clamps (Jan 31 → Feb 28 → Mar 31);
+when the current period is not a whole interval (e.g. it followed a trial) both ends count.
+``cancel_at_period_end`` ends the subscription at ``current_period_end`` instead of renewing.
 
-* ``current_period_start`` and the dates a whole interval (month, year) before it, back to the
-  subscription's creation (``created_at``);
-* ``current_period_end`` (the next renewal) and the dates a whole interval before it, down to
-  ``current_period_start`` (they differ from the first series only when the current period is
-  not a whole interval, e.g. after a trial), unless ``cancel_at_period_end`` ends the
-  subscription there.
-
-A subscription bills the plan price once for every renewal that falls inside the reconciled
-period ``[period_start, period_end)``, monthly and yearly plans alike; nothing at or after
+A subscription bills the plan price once for every renewal inside the reconciled period
+``[period_start, period_end)``, monthly and yearly plans alike; nothing at or after
 ``canceled_at``; nothing while ``trialing`` or ``incomplete``/``incomplete_expired`` (Stripe
 collects nothing then). Examples (monthly plan, period = November 2026):
 
@@ -27,7 +25,12 @@ collects nothing then). Examples (monthly plan, period = November 2026):
 * yearly, current period 2025-11-25 → 2026-11-25: one renewal (Nov 25); 2026-03-03 → 2027-03-03: none.
 
 Odoo's side renews from the subscription's start date (anniversary billing, like the native
-recurring engine): :func:`odoo_renewals`.
+recurring engine) until its end date or termination: :func:`odoo_renewals`.
+
+Reasons (:data:`REASONS`) are *timing* (both sides bill the same thing at different moments, or
+Odoo's copy is older than the app's data: they resolve themselves) or *real* (after the cutover
+the customer would be billed differently). A pair of zero bills, or a zero bill against none,
+is a match.
 """
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
