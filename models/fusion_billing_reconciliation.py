@@ -277,24 +277,8 @@ class FusionBillingReconciliation(models.Model):
             partner_key = link_keys.get(link) or row["partner_id"]
             currency = currencies[row["currency_id"]]
             try:
-                anchor = row["start_date"] or row["date_order"].date()
-                ends = [value for value in (row["end_date"], row["x_fc_terminated_at"]) if value]
-                renewals = reconcile.odoo_renewals(anchor, plan.billing_period_unit, plan.billing_period_value,
-                                                   period_start, period_end,
-                                                   until=min(ends, key=lambda v: reconcile._day(v)) if ends else None)
-                unit_price = self._fc_plan_base_fee(plan)
-                base = unit_price * len(renewals)
-                tax = taxes.get(row, plan.x_fc_product_id, base) if base and plan.x_fc_product_id else 0.0
-                usage = defaultdict(Decimal)
-                order = usage_by_order.get(row["id"])
-                for start in renewals if order else ():
-                    for charge, _usage, rating in order._fc_rated_usage(start):
-                        usage[charge.metric_id.code] += rating.amount
-                        tax += taxes.get(row, charge._fc_product(), rating.amount) if rating.amount else 0.0
-                bill = reconcile.Bill(
-                    partner_key=partner_key, currency=currency.name, plan_code=plan.x_fc_plan_code, base_fee=base,
-                    usage=dict(usage), tax=money.round_money(tax, currency.decimal_places), renewals=renewals,
-                    unit_price=unit_price, status=row["x_fc_source_status"] or None, since=anchor, linked=bool(link))
+                bill = self._fc_order_bill(row, plan, usage_by_order.get(row["id"]), partner_key, currency, taxes,
+                                           period_start, period_end)
             except psycopg2.Error:
                 raise
             except Exception as error:  # noqa: BLE001 — one malformed subscription never stops the others
@@ -305,6 +289,28 @@ class FusionBillingReconciliation(models.Model):
             if key not in orders or not row["x_fc_terminated_at"]:  # the live order of that id, if any
                 orders[key] = {"id": row["id"], "partner_id": row["partner_id"], "link_id": link}
         return bills, orders
+
+    @api.model
+    def _fc_order_bill(self, row, plan, order, partner_key, currency, taxes, period_start, period_end):
+        """One subscription's shadow bill: its plan's base fee at each of its renewals in the period,
+        and (``order`` given when its plan has usage charges) the rated usage of those periods."""
+        anchor = row["start_date"] or row["date_order"].date()
+        ends = [value for value in (row["end_date"], row["x_fc_terminated_at"]) if value]  # it renews before them
+        renewals = reconcile.odoo_renewals(anchor, plan.billing_period_unit, plan.billing_period_value, period_start,
+                                           period_end, until=min(ends, key=fields.Date.to_date) if ends else None)
+        unit_price = self._fc_plan_base_fee(plan)
+        base = unit_price * len(renewals)
+        tax = taxes.get(row, plan.x_fc_product_id, base) if base and plan.x_fc_product_id else 0.0
+        usage = defaultdict(Decimal)
+        for start in renewals if order else ():
+            for charge, _usage, rating in order._fc_rated_usage(start):
+                usage[charge.metric_id.code] += rating.amount
+                tax += taxes.get(row, charge._fc_product(), rating.amount) if rating.amount else 0.0
+        return reconcile.Bill(
+            partner_key=partner_key, currency=currency.name, plan_code=plan.x_fc_plan_code, base_fee=base,
+            usage=dict(usage), tax=money.round_money(tax, currency.decimal_places), renewals=renewals,
+            unit_price=unit_price, status=row["x_fc_source_status"] or None, since=anchor,
+            linked=bool(row["x_fc_account_link_id"]))
 
     @api.model
     def _reported_bill(self, reported, derived, service):

@@ -10,7 +10,7 @@ from odoo.tools import mute_logger
 from odoo.addons.fusion_centralize_billing.core import periods
 from odoo.addons.fusion_centralize_billing.core.nexacloud_sample import sid
 
-from .common import FusionBillingApiCase, FusionBillingCase, NexacloudSourceCase
+from .common import FusionBillingApiCase, FusionBillingCase, NexacloudSourceCase, real_session, run_as_workers
 
 NOVEMBER = (date(2026, 11, 1), date(2026, 12, 1))
 # (n, user n, plan id, status, current_period_start, current_period_end, created_at, canceled_at)
@@ -367,6 +367,57 @@ class TestDailyReconciliationIsolation(FusionBillingCase):
         self.service.with_user(self.billing_user).action_reconcile_last_month()
         self.assertEqual(self.service.last_reconciliation_run_id.state, "done")
         self.assertEqual(Run._fc_failures_since_success(self.service, self.previous), 0)
+
+
+@tagged("post_install", "-at_install")
+class TestConcurrentReconciliation(FusionBillingCase):
+    """The daily job and a person pressing Reconcile at the same moment, as two real Odoo workers."""
+
+    def test_two_workers_reconciling_one_service_at_once(self):
+        start, end = NOVEMBER
+        with real_session(self.env) as env:  # committed, so that both sessions see it
+            service = env["fusion.billing.service"].create({"name": "Recon workers", "code": "recon_workers"})
+            product = env["product.product"].create({"name": "Recon workers plan", "type": "service",
+                                                     "recurring_invoice": True})
+            plan = env["sale.subscription.plan"].create({
+                "name": "Recon workers", "x_fc_service_id": service.id, "x_fc_plan_code": "recon-workers",
+                "x_fc_amount": 10, "x_fc_product_id": product.id})
+            partner = env["res.partner"].create({"name": "Recon workers client"})
+            orders = env["sale.order"].create([{
+                "partner_id": partner.id, "plan_id": plan.id, "x_fc_service_id": service.id,
+                "x_fc_external_id": f"rw-{n}", "pricelist_id": service._fc_pricelist().id, "start_date": start}
+                for n in range(40)])
+            env["fusion.billing.reconciliation"]._api_report(service, [{
+                "external_subscription_id": f"rw-{n}", "period_start": str(start), "period_end": str(end),
+                "base_fee_cents": 1000 if n % 2 else 1200} for n in range(40)])
+            ids = {"service": service.id, "orders": orders.ids, "plan": plan.id, "product": product.id,
+                   "partner": partner.id}
+        self.addCleanup(self._remove_committed, ids)
+
+        errors = run_as_workers(self.env, lambda env: env["fusion.billing.reconciliation"]._run(
+            env["fusion.billing.service"].browse(ids["service"]), start, end))
+        self.assertTrue(all(isinstance(error, UserError) and "already running" in str(error) for error in errors),
+                        errors)
+        with real_session(self.env) as env:
+            rows = env["fusion.billing.reconciliation"].search([("service_id", "=", ids["service"])])
+            runs = env["fusion.billing.reconciliation.run"].search([("service_id", "=", ids["service"])])
+            self.assertEqual(len(runs), 2 - len(errors), "each run that went through is recorded once")
+            self.assertEqual(len(rows), 40, "one row per subscription, never two")
+            self.assertEqual(set(rows.mapped("run_count")), {len(runs)})
+            self.assertEqual(sorted(rows.mapped("state")), ["match"] * 20 + ["mismatch"] * 20)
+            self.assertEqual(set(rows.filtered(lambda row: row.state == "mismatch").mapped("reason")),
+                             {"price_differs"})
+
+    def _remove_committed(self, ids):
+        with real_session(self.env) as env:
+            cr = env.cr
+            cr.execute("DELETE FROM fusion_billing_reconciliation WHERE service_id = %s", [ids["service"]])
+            cr.execute("DELETE FROM fusion_billing_reconciliation_run WHERE service_id = %s", [ids["service"]])
+            cr.execute("DELETE FROM sale_order WHERE id IN %s", [tuple(ids["orders"])])
+            env["sale.subscription.plan"].browse(ids["plan"]).unlink()
+            env["product.product"].browse(ids["product"]).unlink()
+            env["res.partner"].browse(ids["partner"]).unlink()
+            env["fusion.billing.service"].browse(ids["service"]).unlink()
 
 
 @tagged("post_install", "-at_install")
