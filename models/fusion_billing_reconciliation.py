@@ -30,10 +30,13 @@ RECONCILIATION_STATES = [
 ]
 REASON_SELECTION = [(code, label) for code, (label, _kind) in reconcile.REASONS.items()]
 KIND_SELECTION = [(reconcile.TIMING, "Timing"), (reconcile.REAL, "Real difference")]
-# Written on every run; a change of any of them is written through the ORM so the chatter keeps it.
-ROW_FIELDS = ("period_end", "partner_id", "account_link_id", "subscription_id", "external_customer_id", "currency_id",
-              "odoo_amount", "odoo_amount_incl_tax", "app_amount", "delta", "state", "reason", "reason_kind",
-              "explanation")
+# Written on every run (name → SQL type); a change of a TRACKED one is written through the ORM, so the
+# row's chatter keeps it, other changes in bulk.
+ROW_FIELDS = {"period_end": "date", "partner_id": "int4", "account_link_id": "int4", "subscription_id": "int4",
+              "external_customer_id": "varchar", "currency_id": "int4", "odoo_amount": "numeric",
+              "odoo_amount_incl_tax": "numeric", "app_amount": "numeric", "delta": "numeric", "state": "varchar",
+              "reason": "varchar", "reason_kind": "varchar", "explanation": "text"}
+TRACKED = ("odoo_amount", "app_amount", "delta", "state", "reason")
 
 
 class FusionBillingReconciliation(models.Model):
@@ -156,7 +159,7 @@ class FusionBillingReconciliation(models.Model):
         currency_ids = {currency.name: currency.id for currency in self.env["res.currency"].with_context(
             active_test=False).search([("name", "in", list({r["currency"] for r in results if r["currency"]}))])}
         now = fields.Datetime.now()
-        new, unchanged = [], []
+        new, unchanged, quiet = [], [], []
         seen = set()
         for result in results:
             key = result["subscription_key"]
@@ -179,8 +182,10 @@ class FusionBillingReconciliation(models.Model):
             row = existing.get(key)
             if row is None:
                 new.append((key, values))
-            elif _changed(row, values):
+            elif _changed(row, {name: values[name] for name in TRACKED}):
                 self.browse(row["id"]).write(dict(values, run_count=row["run_count"] + 1, last_run_at=now))
+            elif _changed(row, values):
+                quiet.append((row["id"], values))
             else:
                 unchanged.append(row["id"])
         stale = [row for key, row in existing.items() if key not in seen]
@@ -197,14 +202,31 @@ class FusionBillingReconciliation(models.Model):
             self.env.cr.execute("UPDATE fusion_billing_reconciliation SET run_count = run_count + 1, "
                                 "last_run_at = %s, write_date = %s, write_uid = %s WHERE id = ANY(%s)",
                                 [now, now, self.env.uid, unchanged])
+        self._fc_update_quietly(quiet, now)
         self._fc_insert(service, period_start, new, now)
         self.invalidate_model()
+
+    @api.model
+    def _fc_update_quietly(self, rows, now):
+        """Rows whose amounts, status and reason did not change (only e.g. the wording): updated in bulk."""
+        names = list(ROW_FIELDS)
+        template = "(%s::int4, %s::timestamp, %s::int4, " + ", ".join(f"%s::{ROW_FIELDS[n]}" for n in names) + ")"
+        for start in range(0, len(rows), INSERT_BATCH):
+            execute_values(self.env.cr, f"""
+                UPDATE fusion_billing_reconciliation AS r
+                   SET {", ".join(f"{name} = v.{name}" for name in names)}, run_count = r.run_count + 1,
+                       last_run_at = v.now, write_date = v.now, write_uid = v.uid
+                  FROM (VALUES %s) AS v(id, now, uid, {", ".join(names)})
+                 WHERE r.id = v.id""", [
+                (row_id, now, self.env.uid) + tuple(None if values[name] is False else values[name] for name in names)
+                for row_id, values in rows[start:start + INSERT_BATCH]],
+                template=template, page_size=INSERT_BATCH)
 
     @api.model
     def _fc_insert(self, service, period_start, new, now):
         """New rows in bulk (no chatter message at creation); a row another run inserted meanwhile is kept."""
         columns = ("service_id", "company_id", "period_start", "external_subscription_id", "abs_delta", "run_count",
-                   "last_run_at", "create_uid", "create_date", "write_uid", "write_date") + ROW_FIELDS
+                   "last_run_at", "create_uid", "create_date", "write_uid", "write_date") + tuple(ROW_FIELDS)
         for start in range(0, len(new), INSERT_BATCH):
             execute_values(self.env.cr, f"""
                 INSERT INTO fusion_billing_reconciliation ({", ".join(columns)}) VALUES %s

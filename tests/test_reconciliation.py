@@ -171,12 +171,15 @@ class TestReconciliation(NexacloudSourceCase):
                                           "period_end": "2026-12-01", "usage": {}}])
         with self.source_cursor() as cursor:
             cursor.execute("UPDATE plans SET price_cents = 900 WHERE id = 3")
+            cursor.execute("UPDATE subscriptions SET status = 'past_due' WHERE id = %s", [sid("s", 4)])  # wording only
         third = Recon.with_context(tracking_disable=False)._run(
             self.service, *NOVEMBER, self.service._fc_source_bills(*NOVEMBER))["run"]
         rows = self.rows()
         self.assertEqual((rows[sid("s", 1)].state, rows[sid("s", 1)].reason, rows[sid("s", 1)].run_count),
                          ("match", False, 3))
         self.assertEqual(rows[sid("s", 3)].state, "match")
+        self.assertEqual((rows[sid("s", 4)].reason, rows[sid("s", 4)].run_count), ("user_deleted", 3))
+        self.assertIn("Stripe still bills this past_due subscription", rows[sid("s", 4)].explanation)
         changes = {line.reason: (line.count, line.count_change) for line in third.line_ids}
         self.assertEqual((changes["usage_differs"], changes["price_differs"]), ((0, -1), (0, -1)))
         self.assertEqual(third.match_count, run.match_count + 2)
