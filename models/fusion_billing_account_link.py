@@ -1,6 +1,16 @@
+from markupsafe import Markup, escape
+
 from odoo import api, fields, models
+from odoo.exceptions import AccessError
 
 from ..core import lago
+
+# The contact fields an app (API or import) may hold about its client. The values the app last
+# wrote are kept on its account: any other value found there later means a person edited it.
+APP_PARTNER_FIELDS = ("name", "email", "phone", "website", "street", "street2", "city", "zip", "vat", "tz",
+                      "country_id", "company_type", "company_name")
+# Fields only code writes (a user writing them could make the app overwrite a contact).
+CODE_FIELDS = frozenset({"partner_created", "partner_synced", "app_values"})
 
 
 def normalise_email(email):
@@ -8,10 +18,35 @@ def normalise_email(email):
     return (email or "").strip().casefold() or False
 
 
+def plain(value):
+    """A contact field value as stored on the account (JSON) and compared: ids for records,
+    stripped text, False for empty."""
+    if isinstance(value, models.BaseModel):
+        return value.id or False
+    if isinstance(value, str):
+        return value.strip() or False
+    return value or False
+
+
+def same(field, left, right):
+    if field == "email":
+        return normalise_email(left) == normalise_email(right)
+    return plain(left) == plain(right)
+
+
 class FusionBillingAccountLink(models.Model):
     """An app's customer account (external id) mapped to the one partner of that real client.
 
-    One partner per client across services; one link per (service, external id).
+    One partner per client across services; one link per (service, external id). Identity rules
+    (issue 16 §1), whoever calls (the API's technical user, the importer, a person):
+
+    * an account is linked automatically only to a *customer contact* of its service's company
+      (``_fc_linkable``): never an Odoo user's contact (internal or portal, archived too), a
+      company's own contact, another company's, an address or a non-customer (e.g. a vendor);
+    * the app writes contact fields only onto the contact its own account created, while no other
+      account shares it and no person edited it since (``_fc_writes_partner``); otherwise its
+      values stay on the account (``app_values``) and differences are shown for review;
+    * linking an account to a contact another account already uses is recorded in the chatter.
     """
 
     _name = "fusion.billing.account.link"
@@ -28,8 +63,22 @@ class FusionBillingAccountLink(models.Model):
         string="External Account ID", required=True, tracking=True,
         help="The customer's id in the app (Lago external_id / external_customer_id).")
     partner_id = fields.Many2one(
-        "res.partner", required=True, ondelete="restrict", index=True, tracking=True,
+        "res.partner", required=True, ondelete="restrict", index=True, tracking=True, check_company=True,
         help="The single contact that represents this client in Odoo, shared by every app.")
+    partner_created = fields.Boolean(
+        string="Created Its Contact", readonly=True, copy=False,
+        help="This account created its contact: while nobody edits the contact in Odoo and no other account "
+             "shares it, the app's changes are written onto it. Otherwise they stay on this account.")
+    partner_synced = fields.Json(
+        readonly=True, copy=False, help="The contact's fields as the app last wrote them (an edit in Odoo shows here).")
+    app_values = fields.Json(
+        string="Values from the App", readonly=True, copy=False,
+        help="The contact fields as the app (API or import) last sent them.")
+    partner_differs = fields.Boolean(
+        string="Differs from Contact", compute="_compute_partner_differs", store=True,
+        help="What the app sent differs from the contact in Odoo: review it (Odoo's contact is what bills).")
+    partner_differences = fields.Html(
+        string="Differences", compute="_compute_partner_differences", sanitize=False, compute_sudo=True)
     email = fields.Char(help="E-mail as the app knows it.")
     email_normalised = fields.Char(compute="_compute_email_normalised", store=True, index=True)
     active = fields.Boolean(default=True, help="Unticked when the app deleted the customer (history is kept).")
@@ -42,6 +91,53 @@ class FusionBillingAccountLink(models.Model):
     _service_external_uniq = models.UniqueIndex(
         "(service_id, external_id)", "This app already has a customer with that external id.")
 
+    @api.model_create_multi
+    def create(self, vals_list):
+        if not self.env.su and any(CODE_FIELDS & set(vals) for vals in vals_list):
+            raise AccessError(self.env._("Only Odoo sets how an app account may write its contact."))
+        return super().create(vals_list)
+
+    def write(self, vals):
+        if not self.env.su and CODE_FIELDS & set(vals):
+            raise AccessError(self.env._("Only Odoo sets how an app account may write its contact."))
+        if "partner_id" in vals and not CODE_FIELDS & set(vals):
+            # Linked to another contact by hand: the app did not create that one.
+            vals = dict(vals, partner_created=False, partner_synced=False)
+        return super().write(vals)
+
+    @api.depends("app_values", "partner_id", *(f"partner_id.{name}" for name in APP_PARTNER_FIELDS))
+    def _compute_partner_differs(self):
+        for link in self:
+            link.partner_differs = bool(link._fc_partner_differences())
+
+    @api.depends("partner_differs", "app_values")
+    def _compute_partner_differences(self):
+        for link in self:
+            rows = link._fc_partner_differences()
+            link.partner_differences = Markup(
+                "<table class='table table-sm'><thead><tr><th>Field</th><th>From the app</th><th>Contact in Odoo</th>"
+                "</tr></thead><tbody>%s</tbody></table>") % Markup("").join(
+                Markup("<tr><td>%s</td><td>%s</td><td>%s</td></tr>") % row for row in rows) if rows else False
+
+    def _fc_partner_differences(self):
+        """[(label, app value, contact value)] of the fields the app sent that the contact does not hold."""
+        self.ensure_one()
+        partner = self.partner_id.sudo()
+        fields_ = partner._fields
+        rows = []
+        for name, value in (self.app_values or {}).items():
+            if name in fields_ and not same(name, value, partner[name]):
+                rows.append((fields_[name].string, self._fc_display(name, value), self._fc_display(name, partner[name])))
+        return rows
+
+    def _fc_display(self, name, value):
+        field = self.env["res.partner"]._fields[name]
+        if field.type == "many2one":
+            value = self.env[field.comodel_name].sudo().browse(plain(value)).display_name if plain(value) else False
+        elif field.type == "selection":
+            value = dict(field._description_selection(self.env)).get(value, value)
+        return escape(value or "—")
+
     @api.depends("email")
     def _compute_email_normalised(self):
         for link in self:
@@ -52,16 +148,101 @@ class FusionBillingAccountLink(models.Model):
         for link in self:
             link.display_name = f"{link.service_id.name or ''}: {link.external_id or ''}"
 
+    # ------------------------------------------------------------------ identity
     @api.model
-    def _find_partner(self, email):
-        """The partner already representing ``email`` (any app), or an empty recordset."""
-        email = normalise_email(email)
-        if not email:
-            return self.env["res.partner"]
-        link = self.search([("email_normalised", "=", email)], limit=1)
-        if link:
-            return link.partner_id
-        return self.env["res.partner"].search([("email_normalized", "=", email)], limit=1)
+    def _fc_linkable(self, partners, company):
+        """The ``partners`` an app account of ``company`` may be linked to automatically: active
+        customer contacts of that company (or shared), never an Odoo user's contact (internal or
+        portal, archived users too), a company's own contact or an address."""
+        partners = partners.sudo().with_context(active_test=False).exists()
+        if not partners:
+            return partners
+        around = partners | partners.commercial_partner_id
+        users = set(self.env["res.users"].sudo().with_context(active_test=False).search(
+            [("partner_id", "in", around.ids)]).partner_id.ids)
+        companies = set(self.env["res.company"].sudo().with_context(active_test=False).search(
+            [("partner_id", "in", around.ids)]).partner_id.ids)
+        linked = set(self.sudo().with_context(active_test=False).search(
+            [("partner_id", "in", partners.ids)]).partner_id.ids)
+
+        def linkable(partner):
+            commercial = partner.commercial_partner_id
+            return (partner.active and partner.type == "contact"
+                    and not {partner.id, commercial.id} & (users | companies)
+                    and (not partner.company_id or partner.company_id == company)
+                    and (not commercial.company_id or commercial.company_id == company)
+                    and (partner.customer_rank > 0 or commercial.customer_rank > 0 or partner.id in linked))
+        return partners.filtered(linkable)
+
+    @api.model
+    def _fc_find_partners(self, emails, company):
+        """{normalised e-mail: partner} of the contacts representing these e-mails that an account of
+        ``company`` may share: one an app account already uses first, else a customer contact."""
+        emails = {normalise_email(email) for email in emails} - {False}
+        if not emails:
+            return {}
+        candidates = [(link["email_normalised"], link["partner_id"]) for link in self.sudo().with_context(
+            active_test=False).search_read([("email_normalised", "in", list(emails))],
+                                           ["email_normalised", "partner_id"], order="id", load=None)]
+        candidates += [(partner["email_normalized"], partner["id"]) for partner in self.env["res.partner"].sudo(
+            ).with_context(active_test=False).search_read([("email_normalized", "in", list(emails))],
+                                                          ["email_normalized"], order="id")]
+        partners = self.env["res.partner"].sudo().browse({partner_id for _email, partner_id in candidates})
+        allowed = set(self._fc_linkable(partners, company).ids)
+        found = {}
+        for email, partner_id in candidates:
+            if partner_id in allowed:
+                found.setdefault(email, self.env["res.partner"].sudo().browse(partner_id))
+        return found
+
+    @api.model
+    def _fc_partner_snapshot(self, partner):
+        return {name: plain(partner[name]) for name in APP_PARTNER_FIELDS}
+
+    @api.model
+    def _fc_new_partner_values(self, values, service, fallback_name):
+        """A new contact for an app's client: a customer of the service's company."""
+        return dict(values, name=values.get("name") or fallback_name, customer_rank=1,
+                    company_id=service.company_id.id)
+
+    def _fc_writes_partner(self):
+        """Whether the app may write onto this account's contact now (see the class docstring)."""
+        self.ensure_one()
+        partner = self.partner_id.sudo()
+        return bool(
+            self.partner_created
+            and self._fc_linkable(partner, self.company_id)
+            and not self.sudo().with_context(active_test=False).search_count(
+                [("partner_id", "=", partner.id), ("id", "!=", self.id)], limit=1)
+            and self._fc_partner_snapshot(partner) == (self.partner_synced or {}))
+
+    def _fc_take_app_values(self, values):
+        """What the app sent about its client (contact field → value): kept on the account, and
+        written onto the contact only where ``_fc_writes_partner`` allows. True if written."""
+        self.ensure_one()
+        updates = {"app_values": dict(self.app_values or {}, **{name: plain(value) for name, value in values.items()})}
+        written = bool(values) and self._fc_writes_partner()
+        if written:
+            partner = self.partner_id.sudo()
+            partner.write(values)
+            updates["partner_synced"] = self._fc_partner_snapshot(partner)
+        if updates["app_values"] != (self.app_values or {}) or written:
+            self.sudo().write(updates)
+        return written
+
+    def _fc_record_merge(self):
+        """Chatter of the contact (and of the account): this account now shares it with others."""
+        for link in self:
+            others = self.sudo().with_context(active_test=False).search(
+                [("partner_id", "=", link.partner_id.id), ("id", "!=", link.id)])
+            if not others:
+                continue
+            body = self.env._(
+                "App account %(account)s (e-mail %(email)s) was linked to this contact, which already represents "
+                "%(others)s. Its values are kept on the account; differences are shown there for review.",
+                account=link.display_name, email=link.email or "—", others=", ".join(others.mapped("display_name")))
+            link.partner_id.sudo().message_post(body=body)
+            link.sudo().message_post(body=body)
 
     # ------------------------------------------------------------------ Lago API
     # Lago customer key → res.partner field (only keys present in a payload are written).
@@ -79,8 +260,8 @@ class FusionBillingAccountLink(models.Model):
     def _api_upsert(self, service, clean):
         """Lago ``POST /customers``: create or update the app's customer (present keys only).
 
-        A new account reuses the partner already representing the client (by normalised
-        e-mail, e.g. a NexaDesk customer) instead of duplicating it.
+        A new account reuses the contact already representing the client (by normalised e-mail,
+        e.g. a NexaDesk customer) when ``_fc_linkable`` allows it, instead of duplicating it.
         """
         link = self.with_context(active_test=False)._api_find(service, clean["external_id"])
         partner_values = self._api_partner_values(clean)
@@ -88,19 +269,23 @@ class FusionBillingAccountLink(models.Model):
         extra = {k: v for k, v in clean.items() if k not in self._PARTNER_FIELDS and k not in (
             "external_id", "name", "firstname", "lastname", "country", "customer_type")}
         if link:
-            if partner_values:
-                link.partner_id.write(partner_values)
             link.write(dict(link_values, active=True, metadata=dict(link.metadata or {}, **extra)))
+            link._fc_take_app_values(partner_values)
             link._fc_notify("customer.updated")
             return link
-        partner = self._find_partner(clean.get("email"))
-        if partner:  # another app's client: only fill what Odoo does not know yet
-            partner.write({k: v for k, v in partner_values.items() if not partner[k]})
-        else:
-            partner = self.env["res.partner"].create(
-                dict(partner_values, name=partner_values.get("name") or clean["external_id"]))
+        partner = self._fc_find_partners([clean.get("email")], service.company_id).get(normalise_email(clean.get("email")))
+        created = not partner
+        if created:
+            partner = self.env["res.partner"].sudo().create(
+                self._fc_new_partner_values(partner_values, service, clean["external_id"]))
         link = self.create(dict(link_values, service_id=service.id, external_id=clean["external_id"],
                                 partner_id=partner.id, metadata=extra))
+        if created:
+            link.sudo().write({"partner_created": True, "partner_synced": self._fc_partner_snapshot(partner),
+                               "app_values": {name: plain(value) for name, value in partner_values.items()}})
+        else:
+            link._fc_take_app_values(partner_values)
+            link._fc_record_merge()
         link._fc_notify("customer.created")
         return link
 
@@ -128,38 +313,49 @@ class FusionBillingAccountLink(models.Model):
 
     def _api_values(self):
         self.ensure_one()
-        partner = self.partner_id
+        partner = self._fc_customer()
         metadata = self.metadata or {}
+        country = self.env["res.country"].sudo().browse(partner["country_id"]) if partner["country_id"] else None
         return {
             "lago_id": str(self.id),
             "external_id": self.external_id,
             "sequential_id": self.id,
             "slug": f"{self.service_id.code}-{self.id}",
-            "name": partner.name,
+            "name": partner["name"] or None,
             "firstname": metadata.get("firstname"),
             "lastname": metadata.get("lastname"),
-            "customer_type": "company" if partner.is_company else "individual",
-            "email": self.email or partner.email,
-            "phone": partner.phone,
-            "url": partner.website,
-            "address_line1": partner.street,
-            "address_line2": partner.street2,
-            "city": partner.city,
-            "zipcode": partner.zip,
-            "state": partner.state_id.name,
-            "country": partner.country_id.code,
+            "customer_type": "company" if partner["company_type"] == "company" else "individual",
+            "email": self.email or partner["email"] or None,
+            "phone": partner["phone"] or None,
+            "url": partner["website"] or None,
+            "address_line1": partner["street"] or None,
+            "address_line2": partner["street2"] or None,
+            "city": partner["city"] or None,
+            "zipcode": partner["zip"] or None,
+            "state": partner["state"] or None,
+            "country": country.code if country else None,
             "legal_name": metadata.get("legal_name"),
             "legal_number": metadata.get("legal_number"),
-            "tax_identification_number": partner.vat,
+            "tax_identification_number": partner["vat"] or None,
             "currency": self.service_id.currency_id.name,
-            "timezone": partner.tz,
-            "applicable_timezone": partner.tz or "UTC",
+            "timezone": partner["tz"] or None,
+            "applicable_timezone": partner["tz"] or "UTC",
             "net_payment_term": metadata.get("net_payment_term"),
             "billing_configuration": metadata.get("billing_configuration") or {},
             "metadata": metadata.get("metadata") or [],
             "created_at": self.create_date,
             "updated_at": self.write_date,
         }
+
+    def _fc_customer(self):
+        """The client as this app may see it: what it sent, over its own contact's fields only if
+        its account created that contact (never another app's or a person's data it did not send)."""
+        self.ensure_one()
+        partner = self.partner_id.sudo()
+        values = self._fc_partner_snapshot(partner) if self.partner_created else dict.fromkeys(APP_PARTNER_FIELDS, False)
+        values["state"] = partner.state_id.name if self.partner_created else False
+        values.update(self.app_values or {})
+        return values
 
     def _fc_webhook_object(self):
         return lago.customer(self._api_values())

@@ -1,5 +1,6 @@
 from . import test_foundation
 from . import test_security
+from . import test_identity
 from . import test_api
 from . import test_usage_billing
 from . import test_webhooks

@@ -174,7 +174,8 @@ class NexacloudSourceCase(FusionBillingCase):
                                user=self.role, password=self.password)
         self.set_dsn(self.ro_dsn)
         # A NexaDesk customer already known to Odoo, with the e-mail of NexaCloud user 8.
-        self.desk_partner = self.env["res.partner"].create({"name": "Dana (NexaDesk)", "email": "desk.customer@example.com"})
+        self.desk_partner = self.env["res.partner"].create({"name": "Dana (NexaDesk)", "email": "desk.customer@example.com",
+                                                            "customer_rank": 1})
 
     def admin_sql(self, sql, database=None):
         """Run ``;``-separated statements as the server admin, each committed at once."""

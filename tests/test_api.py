@@ -114,11 +114,12 @@ class TestApiCustomersSubscriptions(FusionBillingApiCase):
         self.assertEqual(response.status_code, 200)
         link = self.env["fusion.billing.account.link"].search([("external_id", "=", "cloud_1")])
         self.assertEqual(link.partner_id, self.partner)
-        # Update only what is sent.
+        # Update only what is sent; another app's contact is not this app's to write (test_identity).
         self.api("POST", "customers", {"customer": {"external_id": "cloud_1", "phone": "+1 613 555 0100"}})
-        self.assertEqual(self.partner.phone, "+1 613 555 0100")
-        self.assertEqual(self.partner.email, "ops@mapleleaf.ca")
+        self.assertEqual((self.partner.phone, self.partner.email), (False, "ops@mapleleaf.ca"))
+        self.assertEqual(link.app_values["phone"], "+1 613 555 0100")
         customer = self.api("GET", "customers/cloud_1").json()["customer"]
+        self.assertEqual((customer["phone"], customer["name"]), ("+1 613 555 0100", "Maple Leaf"))
         self.assertEqual((customer["external_id"], customer["currency"], customer["applicable_timezone"]),
                          ("cloud_1", "CAD", "UTC"))
         self.assertRegex(customer["created_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

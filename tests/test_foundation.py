@@ -52,8 +52,9 @@ class TestFoundation(FusionBillingCase):
             "service_id": self.service.id, "external_id": "u1", "partner_id": self.partner.id,
             "email": "  OPS@MapleLeaf.ca ",
         })
-        self.assertEqual(self.env["fusion.billing.account.link"]._find_partner("ops@mapleleaf.CA  "), self.partner)
-        self.assertFalse(self.env["fusion.billing.account.link"]._find_partner("nobody@example.com"))
+        found = self.env["fusion.billing.account.link"]._fc_find_partners(
+            ["ops@mapleleaf.CA  ", "nobody@example.com"], self.service.company_id)
+        self.assertEqual(found, {"ops@mapleleaf.ca": self.partner})
 
     @mute_logger("odoo.sql_db")
     def test_metric_code_unique_per_service_and_property_required(self):

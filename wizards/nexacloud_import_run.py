@@ -234,42 +234,61 @@ class ImportRun:
         self.links.pop(user_id, None)
 
     def partners_by_email(self, emails):
-        """Existing contacts for these normalised e-mails: this run's, any app's links, then any partner."""
-        found = {email: partner for email, (_u, partner) in self.seen_emails.items() if email in emails and partner}
+        """Contacts these normalised e-mails may share: this run's, else any app account's or customer
+        contact, by the identity rules of ``fusion.billing.account.link`` (never a user's contact,
+        another company's or a non-customer's)."""
+        found = self.shareable({email: partner for email, (_u, partner) in self.seen_emails.items()
+                                if email in emails and partner})
         missing = [email for email in emails if email not in found]
         if missing:
-            for link in self.env["fusion.billing.account.link"].search_read(
-                    [("email_normalised", "in", missing)], ["email_normalised", "partner_id"], load=None):
-                found.setdefault(link["email_normalised"], link["partner_id"])
-            missing = [email for email in missing if email not in found]
-        if missing:
-            for partner in self.env["res.partner"].search_read(
-                    [("email_normalized", "in", missing)], ["email_normalized"], order="id"):
-                found.setdefault(partner["email_normalized"], partner["id"])
+            for email, partner in self.env["fusion.billing.account.link"]._fc_find_partners(
+                    missing, self.service.company_id).items():
+                found.setdefault(email, partner.id)
         return found
+
+    def shareable(self, partner_of):
+        """``partner_of`` (e-mail → partner id) without the contacts an app account may not share."""
+        allowed = set(self.env["fusion.billing.account.link"]._fc_linkable(
+            self.env["res.partner"].browse(set(partner_of.values())), self.service.company_id).ids)
+        return {email: partner for email, partner in partner_of.items() if partner in allowed}
 
     @staticmethod
     def _link_metadata(values):
         return {"source": "nexacloud_import", "name": values["name"], "company_name": values["company_name"],
                 "suspended": values["suspended"]}
 
+    @staticmethod
+    def _app_values(values):
+        """The contact fields the import holds about a user (kept on its account)."""
+        return {field: values[field] or False for field in ("name", "email", "company_name")}
+
     def _create_links(self, items):
-        """New links; a new contact only for an e-mail no app (nor an earlier row) already has."""
+        """New links; a new contact only for an e-mail no app (nor an earlier row) already has. The
+        first account of a new contact created it (the import may keep it up to date); any other
+        account sharing a contact is recorded in its chatter."""
         Partner, Link = self.env["res.partner"], self.env["fusion.billing.account.link"]
+        emails = {v["email"] for _i, (v, _p) in items}
         partner_of = {values["email"]: partner for _u, (values, partner) in items if partner}
-        partner_of.update({email: partner for email, (_u, partner) in self.seen_emails.items()
-                           if partner and email in {v["email"] for _i, (v, _p) in items}})
-        new = {}
-        for _user_id, (values, _partner) in items:
-            if values["email"] not in partner_of:
-                new.setdefault(values["email"], {"name": values["name"], "email": values["email"],
-                                                 "company_name": values["company_name"]})
-        for email, partner in zip(new, Partner.create(list(new.values()))):
+        partner_of.update(self.shareable({email: partner for email, (_u, partner) in self.seen_emails.items()
+                                          if partner and email in emails}))
+        new, creator = {}, {}
+        for user_id, (values, _partner) in items:
+            if values["email"] not in partner_of and values["email"] not in new:
+                new[values["email"]] = Link._fc_new_partner_values(
+                    {"name": values["name"], "email": values["email"], "company_name": values["company_name"]},
+                    self.service, values["email"])
+                creator[user_id] = values["email"]
+        created = Partner.create(list(new.values()))
+        snapshots = {partner.id: Link._fc_partner_snapshot(partner) for partner in created}
+        for email, partner in zip(new, created):
             partner_of[email] = partner.id
-        links = Link.create([{
+        links = Link.create([dict({
             "service_id": self.service.id, "external_id": user_id, "partner_id": partner_of[values["email"]],
             "email": values["email"], "stripe_customer_id": values["stripe_customer_id"],
-            "metadata": self._link_metadata(values)} for user_id, (values, _partner) in items])
+            "metadata": self._link_metadata(values), "app_values": self._app_values(values)},
+            **({"partner_created": True, "partner_synced": snapshots[partner_of[values["email"]]]}
+               if user_id in creator else {})) for user_id, (values, _partner) in items])
+        links.filtered(lambda link: link.external_id not in creator)._fc_record_merge()
 
         def remember():
             self.count("partners", "created", len(new))
@@ -281,21 +300,22 @@ class ImportRun:
         return remember
 
     def _update_links(self, items):
-        """Existing links: link fields follow the source; the contact's name/company only change
-        when they changed at the source since the last import (edits made in Odoo are kept)."""
-        Link, Partner = self.env["fusion.billing.account.link"], self.env["res.partner"]
+        """Existing links: link fields follow the source; the contact's name/company only change when
+        they changed at the source since the last import, and only on a contact this account created
+        that nobody edited or shares (otherwise they stay on the account, shown for review)."""
+        Link = self.env["fusion.billing.account.link"]
         outcomes = []
         for user_id, (current, values) in items:
             diff = _diff(current, {"email": values["email"], "stripe_customer_id": values["stripe_customer_id"],
                                    "metadata": self._link_metadata(values), "active": True})
             previous = current["metadata"] or {}
-            partner_diff = {field: values[field] for field in ("name", "company_name")
+            partner_diff = {field: values[field] or False for field in ("name", "company_name")
                             if previous.get(field) != values[field]}
+            link = Link.browse(current["id"])
             if diff:
-                Link.browse(current["id"]).write(diff)
-            if partner_diff:
-                Partner.browse(current["partner_id"]).write(partner_diff)
-            outcomes.append((user_id, current, values, bool(diff), bool(partner_diff)))
+                link.write(diff)
+            written = link._fc_take_app_values(partner_diff) if partner_diff else False
+            outcomes.append((user_id, current, values, bool(diff), written))
 
         def remember():
             for user_id, current, values, link_changed, partner_changed in outcomes:
