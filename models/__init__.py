@@ -13,4 +13,5 @@ from . import res_partner
 from . import sale_subscription_plan
 from . import sale_order
 from . import account_move
+from . import account_partial_reconcile
 from . import account_analytic_distribution_model

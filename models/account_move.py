@@ -15,7 +15,14 @@ class AccountMove(models.Model):
         compute="_compute_x_fc_service_id", store=True, readonly=False,
         help="The app this invoice bills (one invoice per service); native subscription invoices get it "
              "from their subscription.")
+    x_fc_account_link_id = fields.Many2one(
+        "fusion.billing.account.link", string="App Account", index="btree_not_null", copy=False,
+        compute="_compute_x_fc_account_link_id", store=True,
+        help="The app account whose subscriptions this invoice bills (empty if it bills several or none): "
+             "the API lists an account's invoices by it, never by the contact several accounts may share.")
     x_fc_overdue_notified = fields.Boolean(copy=False, help="invoice.payment_overdue was sent to the app.")
+    x_fc_payment_status_notified = fields.Char(
+        copy=False, help="The Lago payment status last sent in invoice.payment_status_updated (none: pending).")
 
     @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_service_id")
     def _compute_x_fc_service_id(self):
@@ -24,33 +31,64 @@ class AccountMove(models.Model):
             if not move.x_fc_service_id and len(services) == 1:
                 move.x_fc_service_id = services
 
+    @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_account_link_id")
+    def _compute_x_fc_account_link_id(self):
+        for move in self:
+            links = move.invoice_line_ids.sale_line_ids.order_id.x_fc_account_link_id
+            move.x_fc_account_link_id = links if len(links) == 1 else False
+
     # ------------------------------------------------------------------ webhooks
-    def _post(self, soft=True):
-        posted = super()._post(soft=soft)
+    # Queued by code (``_enqueue`` builds and writes the row as superuser): an accountant posting,
+    # reversing or paying an app's invoice needs no Fusion Billing right.
+    def _post(self, *args, **kwargs):
+        posted = super()._post(*args, **kwargs)
         for move in posted.filtered(lambda m: m.x_fc_service_id and m.is_sale_document()):
             self.env["fusion.billing.webhook"]._enqueue(move.x_fc_service_id, "invoice.created", move)
         return posted
 
-    @api.depends("amount_residual", "move_type", "state", "company_id", "reconciled_payment_ids.state")
-    def _compute_payment_state(self):
-        before = {move.id: move.payment_state for move in self if move.id and move.x_fc_service_id}
-        super()._compute_payment_state()
-        for move in self.filtered(lambda m: m.id in before and m.state == "posted"):
-            if LAGO_PAYMENT_STATUS.get(move.payment_state) != LAGO_PAYMENT_STATUS.get(before[move.id]):
+    def _invoice_paid_hook(self, *args, **kwargs):
+        """Odoo's hook for invoices becoming paid (or in payment): tell the app."""
+        res = super()._invoice_paid_hook(*args, **kwargs)
+        self._fc_notify_payment_status()
+        return res
+
+    def _invoice_unpaid_hook(self):
+        """The counterpart of Odoo's paid hook, called by ``account.partial.reconcile.unlink`` for
+        invoices that were paid (or in payment) and no longer are (payment unreconciled,
+        cancelled or reset to draft)."""
+        self._fc_notify_payment_status()
+
+    def _fc_notify_payment_status(self):
+        """``invoice.payment_status_updated`` for app invoices whose Lago payment status changed
+        since the app was last told (paid → in payment is no change for Lago)."""
+        for move in self.filtered(lambda m: m.x_fc_service_id and m.is_sale_document() and m.state == "posted"):
+            status = LAGO_PAYMENT_STATUS.get(move.payment_state, "pending")
+            if status != (move.x_fc_payment_status_notified or "pending"):
+                move.sudo().x_fc_payment_status_notified = status
                 self.env["fusion.billing.webhook"]._enqueue(
                     move.x_fc_service_id, "invoice.payment_status_updated", move)
 
     def _fc_webhook_object(self):
         return lago.invoice(self._api_values(detailed=True))
 
+    def _fc_account_link(self):
+        """The app account of this invoice: its subscriptions' account, else the contact's only
+        account on the service (never a guess between accounts sharing the contact)."""
+        self.ensure_one()
+        if self.x_fc_account_link_id:
+            return self.x_fc_account_link_id
+        links = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
+            [("service_id", "=", self.x_fc_service_id.id), ("partner_id", "=", self.partner_id.id)], limit=2)
+        return links if len(links) == 1 else links.browse()
+
     # ------------------------------------------------------------------ Lago API
     @api.model
     def _api_domain(self, service, query, external_customer_id=None):
         domain = [("x_fc_service_id", "=", service.id), ("move_type", "in", ("out_invoice", "out_refund"))]
-        if external_customer_id:
+        if external_customer_id:  # that account's subscriptions only (a contact may be shared by accounts)
             links = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
                 [("service_id", "=", service.id), ("external_id", "=", external_customer_id)])
-            domain.append(("partner_id", "in", links.partner_id.ids))
+            domain.append(("x_fc_account_link_id", "in", links.ids))
         statuses = query.getlist("statuses[]") or query.getlist("status")
         if statuses:
             states = [state for state, name in LAGO_STATUS.items() if name in statuses]
@@ -81,8 +119,7 @@ class AccountMove(models.Model):
         currency = self.currency_id
         cents = lambda amount: money.to_minor_units(amount, currency.decimal_places)  # noqa: E731
         sign = -1 if self.move_type == "out_refund" else 1
-        link = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
-            [("service_id", "=", self.x_fc_service_id.id), ("partner_id", "=", self.partner_id.id)], limit=1)
+        link = self._fc_account_link()
         values = {
             "lago_id": str(self.id),
             "billing_entity_code": self.company_id.name,

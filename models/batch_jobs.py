@@ -2,7 +2,6 @@
 import psycopg2.errors
 
 from odoo.modules import module
-from odoo.tools import mute_logger
 
 CLAIM_RETRIES = 5
 # What another worker's concurrent commit can cause in a batch (Odoo runs REPEATABLE READ).
@@ -26,8 +25,10 @@ def claim(env, query, params):
     while True:
         env.flush_all()
         try:
-            with mute_logger("odoo.sql_db"), env.cr.savepoint(flush=False):  # an expected conflict, not an error
-                env.cr.execute(query, params)
+            # An expected conflict, not an error: not logged (mute_logger is not thread-safe, and
+            # workers in one process claim at the same time).
+            with env.cr.savepoint(flush=False):
+                env.cr.execute(query, params, log_exceptions=False)
                 return [row[0] for row in env.cr.fetchall()]
         except psycopg2.errors.SerializationFailure as error:
             retries = retry_after_conflict(env, error, retries)

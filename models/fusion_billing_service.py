@@ -3,7 +3,7 @@ import secrets
 from odoo import Command, api, fields, models
 from odoo.exceptions import AccessError, UserError, ValidationError
 
-from ..core import nexacloud, periods, reconcile
+from ..core import nexacloud, outbound, periods, reconcile
 
 
 class FusionBillingService(models.Model):
@@ -49,6 +49,9 @@ class FusionBillingService(models.Model):
         string="Webhook Signing Secret", copy=False,
         groups="fusion_centralize_billing.group_fusion_billing_manager",
         help="HMAC-SHA256 key for the X-Lago-Signature header.")
+    webhook_blocked_reason = fields.Char(
+        compute="_compute_webhook_blocked_reason",
+        help="Why this live service's webhooks are queued but not sent, if they are not.")
     webhook_event_types = fields.Char(
         help="Comma-separated webhook types this app wants (e.g. 'invoice.created,subscription.started'). "
              "Empty: every type.")
@@ -71,6 +74,26 @@ class FusionBillingService(models.Model):
 
     _code_company_uniq = models.Constraint(
         "UNIQUE(company_id, code)", "A service code must be unique per company.")
+
+    @api.depends("billing_mode", "webhook_url", "webhook_secret")
+    def _compute_webhook_blocked_reason(self):
+        for service in self:
+            blocked = service.billing_mode == "live" and service.webhook_url and not service.sudo().webhook_secret
+            service.webhook_blocked_reason = self.env._(
+                "Webhooks are queued but not sent: this service has no signing secret (Odoo never sends "
+                "an unsigned webhook). An administrator generates one with New Webhook Secret.") if blocked else False
+
+    @api.constrains("webhook_url")
+    def _check_webhook_url(self):
+        """https to public addresses only, checked after DNS (and again at each delivery)."""
+        from ..services.webhook_delivery import allow_loopback  # noqa: PLC0415 (services import models)
+        loopback = allow_loopback(self.env)
+        for service in self.filtered("webhook_url"):
+            try:
+                outbound.check_url(service.webhook_url, allow_loopback=loopback)
+            except outbound.UnsafeUrl as error:
+                raise ValidationError(self.env._("Webhook URL of %(service)s refused: %(reason)s.",
+                                                 service=service.name, reason=error)) from None
 
     def _compute_counts(self):
         links = dict(self.env["fusion.billing.account.link"]._read_group(
@@ -117,6 +140,7 @@ class FusionBillingService(models.Model):
     def action_generate_api_key(self):
         """Create a key and show its plaintext once; only its hash is stored."""
         self.ensure_one()
+        self._fc_check_manager()
         plaintext = self.env["fusion.billing.api.key"]._generate(self)
         return self.env["fusion.billing.api.key.show"]._action_show(plaintext)
 
@@ -161,8 +185,11 @@ class FusionBillingService(models.Model):
 
     # ------------------------------------------------------------------ dual run and cutover
     def _fc_check_manager(self):
+        """A Fusion Billing administrator who may change these very services (record rules: their
+        company), checked before anything is done on their behalf."""
         if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_manager"):
-            raise AccessError(self.env._("Only Fusion Billing administrators can change a service's billing mode."))
+            raise AccessError(self.env._("Only Fusion Billing administrators can do this on a service."))
+        self.check_access("write")
 
     def _fc_source_bills(self, period_start, period_end):
         """App-side bills derived read-only from the app's own database (NexaCloud), if configured:

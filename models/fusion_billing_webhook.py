@@ -2,23 +2,21 @@ import logging
 import uuid
 from datetime import timedelta
 
-import requests
-
 from odoo import api, fields, models
+from odoo.exceptions import AccessError
 
 from ..core import signing
-from . import batch_jobs
 
 _logger = logging.getLogger(__name__)
 
 WEBHOOK_STATES = [
     ("pending", "Pending"),
+    ("sending", "Sending"),
     ("retrying", "Retrying"),
     ("sent", "Sent"),
     ("failed", "Failed"),
     ("shadow", "Recorded, not sent"),
 ]
-TIMEOUT_SECONDS = 20  # applies to the connection and to each read
 RETENTION_PARAM = "fusion_billing.webhook_retention_days"
 
 
@@ -29,6 +27,9 @@ class FusionBillingWebhook(models.Model):
     always sends). The body is frozen at enqueue time, so the signed bytes and the unique
     key are identical on every retry. Shadow services (or services without a URL) record
     what would be sent and send nothing.
+
+    Only code writes a row (no user has write access, not even administrators): what is signed
+    and sent, to which app, and when, cannot be forged over RPC. Users get *Resend*.
     """
 
     _name = "fusion.billing.webhook"
@@ -37,6 +38,7 @@ class FusionBillingWebhook(models.Model):
     _order = "id desc"
     _rec_name = "event_type"
     _check_company_auto = True
+    _mail_post_access = "read"  # users comment and close activities on rows they cannot write
 
     service_id = fields.Many2one("fusion.billing.service", required=True, ondelete="cascade", index=True)
     company_id = fields.Many2one(related="service_id.company_id", store=True, index=True)
@@ -55,16 +57,21 @@ class FusionBillingWebhook(models.Model):
     sent_at = fields.Datetime(readonly=True)
 
     _unique_key_uniq = models.UniqueIndex("(unique_key)", "Webhook unique keys must be unique.")
-    _due_idx = models.Index("(next_attempt_at, id) WHERE state IN ('pending', 'retrying')")
+    _due_idx = models.Index("(next_attempt_at, id) WHERE state IN ('pending', 'retrying', 'sending')")
 
     # ------------------------------------------------------------------ enqueue
     @api.model
     def _enqueue(self, service, webhook_type, record=None, obj=None):
-        """Queue ``webhook_type`` about ``record`` (or a ready ``obj``) for ``service``'s app."""
+        """Queue ``webhook_type`` about ``record`` (or a ready ``obj``) for ``service``'s app.
+
+        A side effect of a change the caller was allowed to make (an accountant posting an
+        invoice, a salesperson's subscription, an API call): the row is built and written by
+        code, as superuser, whoever the caller is."""
+        service = service.sudo()
         if not service or not service._fc_wants_webhook(webhook_type):
             return self.browse()
         if obj is None:
-            obj = record._fc_webhook_object()
+            obj = record.sudo()._fc_webhook_object()
         payload = signing.body_bytes(signing.envelope(webhook_type, service.organization_id, obj))
         sendable = service.billing_mode == "live" and service.webhook_url
         return self.sudo().with_context(mail_create_nolog=True).create({  # a queue row: its state is tracked
@@ -78,69 +85,51 @@ class FusionBillingWebhook(models.Model):
 
     # ------------------------------------------------------------------ delivery
     @api.model
-    def _cron_deliver(self, batch_size=50):
-        """Send due webhooks. Rows are claimed with ``FOR UPDATE SKIP LOCKED`` (never two
-        deliveries of one row at once, across workers) and a row is held back while an
-        older one about the same object is still in flight, so each object's events arrive in order."""
-        while True:
-            webhooks = self.browse(batch_jobs.claim(self.env, """
-                SELECT w.id FROM fusion_billing_webhook w
-                 WHERE w.state IN ('pending', 'retrying') AND w.next_attempt_at <= %s
-                   AND NOT EXISTS (SELECT 1 FROM fusion_billing_webhook older
-                                    WHERE older.object_ref = w.object_ref AND older.service_id = w.service_id
-                                      AND older.id < w.id AND older.state IN ('pending', 'retrying'))
-                 ORDER BY w.id
-                 LIMIT %s FOR UPDATE OF w SKIP LOCKED""", (fields.Datetime.now(), batch_size)))
-            if not webhooks:
-                return
-            for webhook in webhooks:
-                webhook._deliver()
-            if not batch_jobs.commit_batch(self.env, len(webhooks)):
-                return
+    def _cron_deliver(self, batch_size=None):
+        """Send due webhooks (``services/webhook_delivery.py``): claimed with ``SKIP LOCKED`` and
+        committed as started, sent outside any lock, each outcome committed on its own, services
+        served fairly. ``batch_size`` is kept for callers of the former signature (unused)."""
+        from ..services.webhook_delivery import WebhookDelivery  # noqa: PLC0415 (services import models)
+        return WebhookDelivery(self.env).run()
 
-    def _deliver(self):
+    def _fc_record_attempt(self, status, error):
+        """The outcome of the attempt counted when the row was claimed (written by code only)."""
         self.ensure_one()
-        service = self.service_id.sudo()
-        body = self.payload.encode("utf-8")
         now = fields.Datetime.now()
-        status, error = 0, False
-        try:
-            response = requests.post(service.webhook_url, data=body,
-                                     headers=signing.headers(service.webhook_secret or "", body, self.unique_key),
-                                     timeout=TIMEOUT_SECONDS, allow_redirects=False)
-            status = response.status_code
-            if not signing.is_success(status):
-                error = f"HTTP {status}: {response.text[:500]}"
-        except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        values = {"attempts": self.attempts + 1, "last_attempt_at": now, "last_status_code": status}
+        values = {"last_attempt_at": now, "last_status_code": status}
         if not error:
             values.update(state="sent", sent_at=now, last_error=False)
-        elif values["attempts"] >= signing.MAX_ATTEMPTS:
+        elif self.attempts >= signing.MAX_ATTEMPTS:
             values.update(state="failed", last_error=error)
         else:
-            values.update(state="retrying", last_error=error,
-                          next_attempt_at=now + signing.next_delay(values["attempts"]))
-        self.write(values)
+            values.update(state="retrying", last_error=error, next_attempt_at=now + signing.next_delay(self.attempts))
+        self.sudo().write(values)
         if self.state == "failed":
             self._fc_alert_billing_team()
 
     def _fc_alert_billing_team(self):
         manager = self.env.ref("fusion_centralize_billing.group_fusion_billing_manager").user_ids.filtered(
             lambda user: not user.share and user.active)[:1] or self.env.ref("base.user_admin")
-        self.activity_schedule(
+        self.sudo().activity_schedule(
             "mail.mail_activity_data_todo", user_id=manager.id,
             summary=self.env._("Webhook to %s failed", self.service_id.name),
             note=self.env._("%(type)s could not be delivered after %(attempts)s attempts: %(error)s",
                             type=self.event_type, attempts=self.attempts, error=self.last_error))
 
     def action_resend(self):
-        """Send again now (failed or shadow rows of a live service), keeping the same unique key."""
-        for webhook in self:
-            if webhook.service_id.billing_mode != "live" or not webhook.service_id.webhook_url:
-                continue
-            webhook.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
-            webhook.activity_ids.action_done()
+        """Send again now (failed, retrying or shadow rows of a live service with a URL), with the
+        same unique key. The user's way to act on a row: it checks the group and the rows'
+        access, then the row is written by code."""
+        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_user"):
+            raise AccessError(self.env._("Only Fusion Billing users can resend webhooks."))
+        self.check_access("read")
+        resendable = self.sudo().filtered(lambda webhook: webhook.state in ("failed", "retrying", "shadow")
+                                          and webhook.service_id.billing_mode == "live"
+                                          and webhook.service_id.webhook_url)
+        resendable.write({"state": "pending", "next_attempt_at": fields.Datetime.now()})
+        resendable.activity_ids.action_done()
+        for webhook in resendable:
+            webhook.message_post(body=self.env._("Resent by %s.", self.env.user.name))
         return True
 
     @api.model

@@ -52,7 +52,9 @@ class SaleOrder(models.Model):
             if not (order.x_fc_service_id and order.plan_id and order.id):
                 order.x_fc_current_usage_html = False
                 continue
-            values = order._fc_usage_values()
+            # Whoever may read the order (a salesperson) sees its usage, rated by code: the usage
+            # rows, charges and metrics behind it are not theirs to read.
+            values = order.sudo()._fc_usage_values()
             rows = "".join(
                 f"<tr><td>{escape(c['billable_metric']['name'])}</td><td class='text-end'>{lago.units(c['units'])}</td>"
                 f"<td class='text-end'>{c['events_count']}</td>"
@@ -451,6 +453,13 @@ class SaleOrder(models.Model):
         values = lago.subscription(self._api_values(with_plan=True))
         values["customer"] = self.x_fc_account_link_id._fc_webhook_object() if self.x_fc_account_link_id else None
         return values
+
+    def _get_invoice_grouping_keys(self, *args, **kwargs):
+        """Never one usage invoice for two app accounts (e.g. two accounts sharing a contact): the
+        API lists an account's invoices, and each must bill that account only. (The period close
+        groups orders by these fields; Odoo's own grouping reads them from invoice values, which
+        do not carry it, so it is unaffected.)"""
+        return super()._get_invoice_grouping_keys(*args, **kwargs) + ["x_fc_account_link_id"]
 
     def _fc_notify(self, webhook_type):
         """Queue an outbound webhook about these records to their app."""

@@ -6,45 +6,99 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest.mock import patch
 
 from odoo import fields
-from odoo.tests import tagged
+from odoo.exceptions import AccessError, ValidationError
+from odoo.tests import HttpCase, JsonRpcException, new_test_user, tagged
 from odoo.tools import mute_logger
 
-from ..core import signing
-from .common import FusionBillingCase, real_session, run_as_workers
+from ..core import outbound, signing
+from ..services import webhook_delivery
+from .common import FusionBillingCase, FusionBillingFixtures, real_session, run_as_workers
 
 SECRET = "whsec_test"
+LOOPBACK_PARAM = "fusion_billing.webhook_allow_loopback"  # tests only: lets webhooks reach 127.0.0.1
+PUBLIC_IP = "93.184.215.14"
 
 
 class Receiver:
-    """A loopback app endpoint that verifies signatures and can fail or be down on purpose."""
+    """A loopback app endpoint that verifies signatures and can fail, hang or misbehave on purpose.
 
-    def __init__(self):
+    ``mode``: ``ok`` (204), ``stuck`` (holds each request until ``release`` is set), ``endless``
+    (answers 500 with a body that never ends), ``drip`` (sends its status line a byte at a time).
+    """
+
+    def __init__(self, mode="ok"):
+        self.mode = mode
         self.received = []          # (unique key, webhook_type, object ref)
         self.fail_next = 0          # answer 500 to the next N requests
         self.bad_signatures = 0
+        self.requests = 0           # every request that reached the receiver
+        self.waiting = 0            # requests a stuck receiver holds right now
+        self.release = threading.Event()
+        self.stop = threading.Event()
+        self.changed = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.changed:
+                    receiver.requests += 1
                 if not signing.verify(SECRET, body, self.headers.get("X-Lago-Signature")):
                     receiver.bad_signatures += 1
+                if receiver.mode != "ok":
+                    return getattr(self, f"misbehave_{receiver.mode}")()
                 if receiver.fail_next:
                     receiver.fail_next -= 1
                     self.send_response(500)
                     self.end_headers()
                     return
                 payload = json.loads(body)
-                receiver.received.append((self.headers["X-Lago-Unique-Key"], payload["webhook_type"],
-                                          payload[payload["object_type"]].get("external_id")))
+                with receiver.changed:
+                    receiver.received.append((self.headers["X-Lago-Unique-Key"], payload["webhook_type"],
+                                              payload[payload["object_type"]].get("external_id")))
+                    receiver.changed.notify_all()
                 self.send_response(204)
                 self.end_headers()
+
+            def misbehave_stuck(self):
+                with receiver.changed:
+                    receiver.waiting += 1
+                receiver.release.wait(60)
+                with receiver.changed:
+                    receiver.waiting -= 1
+                self.send_response(204)
+                self.end_headers()
+
+            def misbehave_endless(self):
+                self.send_response(500)
+                self.end_headers()
+                try:
+                    while not receiver.stop.is_set():
+                        self.wfile.write(b"<secret internal page> " * 400)
+                except OSError:
+                    pass  # the client stopped reading: what it should do
+
+            def misbehave_drip(self):
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 10_000:
+                        if receiver.stop.wait(0.2):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/webhooks"
+
+    def wait_for(self, count, timeout):
+        """Whether ``count`` webhooks were received within ``timeout`` seconds (a guard, not a measure)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.received) >= count, timeout)
 
     @contextmanager
     def running(self):
@@ -53,6 +107,8 @@ class Receiver:
         try:
             yield self
         finally:
+            self.release.set()
+            self.stop.set()
             self.server.shutdown()
 
 
@@ -62,6 +118,7 @@ class TestWebhooks(FusionBillingCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
+        cls.env["ir.config_parameter"].set_param(LOOPBACK_PARAM, "1")
         cls.receiver = Receiver()
         cls.addClassCleanup(cls.receiver.server.server_close)
         cls.service.write({"billing_mode": "live", "webhook_url": cls.receiver.url, "webhook_secret": SECRET})
@@ -69,7 +126,7 @@ class TestWebhooks(FusionBillingCase):
     def setUp(self):
         super().setUp()
         self.receiver.received.clear()
-        self.receiver.fail_next = self.receiver.bad_signatures = 0
+        self.receiver.fail_next = self.receiver.bad_signatures = self.receiver.requests = 0
 
     def _customer(self, external_id, **values):
         return self.env["fusion.billing.account.link"]._api_upsert(self.service, dict(external_id=external_id, **values))
@@ -173,34 +230,229 @@ class TestWebhooks(FusionBillingCase):
         self.assertEqual(json.loads(digest.payload)["events_errors"]["invalid_code"], ["bad"])
         self.assertEqual(order.x_fc_usage_ids.quantity, 180)
 
+    # ------------------------------------------------------------------ signing key and URL checks
+    def test_no_signing_secret_no_delivery(self):
+        self.service.webhook_secret = False
+        self.assertIn("secret", self.service.webhook_blocked_reason)
+        self._customer("cus_nosecret")
+        with self.receiver.running():
+            self.env["fusion.billing.webhook"]._cron_deliver()
+        self.assertEqual(self.receiver.requests, 0, "nothing is sent signed with an empty key")
+        self.assertEqual(self._queue().state, "pending", "kept until a secret is set")
+        self.service.webhook_secret = SECRET
+        self.assertFalse(self.service.webhook_blocked_reason)
+        with self.receiver.running():
+            self.env["fusion.billing.webhook"]._cron_deliver()
+        self.assertEqual(self._queue().state, "sent")
+
+    def test_webhook_url_checks_at_save(self):
+        service = self.service.with_user(self.billing_admin)
+        resolved = {"metadata.google.internal": ["169.254.169.254"], "intranet.nexa.example": ["10.20.0.5"],
+                    "rebound.example": [PUBLIC_IP, "127.0.0.1"], "hooks.nexadesk.example": [PUBLIC_IP],
+                    "localhost": ["127.0.0.1", "::1"]}
+        refused = [
+            "http://hooks.nexadesk.example/billing",        # http: only https
+            "https://169.254.169.254/latest/meta-data/",   # cloud metadata
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "https://10.0.0.7/hook", "https://192.168.1.2/hook", "https://172.16.0.1/hook",  # private
+            "https://[fe80::1]/hook", "https://[::ffff:127.0.0.1]/hook", "https://[fd00:ec2::254]/",
+            "https://intranet.nexa.example/hook", "https://rebound.example/hook",  # private after DNS
+            "ftp://hooks.nexadesk.example/", "https://user:pw@hooks.nexadesk.example/", "hooks.nexadesk.example",
+        ]
+        self.env["ir.config_parameter"].set_param(LOOPBACK_PARAM, False)
+        refused += ["http://127.0.0.1:8069/", "https://localhost/hook", "http://[::1]/hook"]  # loopback: tests only
+        with patch.object(outbound, "resolve", lambda host: resolved[host]):
+            for url in refused:
+                with self.assertRaises(ValidationError, msg=url):
+                    service.write({"webhook_url": url})
+            service.write({"webhook_url": "https://hooks.nexadesk.example/billing"})
+        self.assertEqual(self.service.webhook_url, "https://hooks.nexadesk.example/billing")
+        self.env["ir.config_parameter"].set_param(LOOPBACK_PARAM, "1")
+        service.write({"webhook_url": self.receiver.url})  # loopback http, allowed for tests
+
+    def test_webhook_url_checked_again_after_dns_at_send_time(self):
+        with patch.object(outbound, "resolve", lambda host: [PUBLIC_IP]):
+            self.service.webhook_url = "https://hooks.nexadesk.example/billing"
+        self._customer("cus_rebind")
+        with patch.object(outbound, "resolve", lambda host: ["10.1.2.3"]):  # DNS now points inside
+            self.env["fusion.billing.webhook"]._cron_deliver()
+        webhook = self._queue()
+        self.assertEqual((webhook.state, webhook.attempts), ("retrying", 1))
+        self.assertIn("10.1.2.3", webhook.last_error)
+
+    def test_a_response_is_read_only_a_few_kib_and_within_the_timeout(self):
+        for mode in ("endless", "drip"):
+            receiver = Receiver(mode)
+            self.addCleanup(receiver.server.server_close)
+            self.service.webhook_url = receiver.url
+            self._customer(f"cus_{mode}")
+            webhook = self._queue()[-1]
+            worker = threading.Thread(target=self.env["fusion.billing.webhook"]._cron_deliver)
+            with receiver.running(), patch.object(webhook_delivery, "SEND_TIMEOUT_SECONDS", 2):
+                worker.start()
+                worker.join(20)  # a guard against a hang
+                finished = not worker.is_alive()
+            worker.join()
+            self.assertTrue(finished, f"a receiver in '{mode}' mode held the delivery")
+            self.assertEqual(webhook.state, "retrying", mode)
+            self.assertLessEqual(len(webhook.last_error), 300, mode)
+            self.assertNotIn("<secret internal page> " * 20, webhook.last_error)
+
+    # ------------------------------------------------------------------ payment status
+    def test_payment_status_webhooks_come_from_the_paid_and_unpaid_hooks(self):
+        accountant = new_test_user(self.env, "fc_accountant_wh", groups="account.group_account_user")
+        link = self._customer("cus_pay", email="pay@client.example")
+        order = self._create_subscription(partner=link.partner_id, external_id="sub_pay",
+                                          x_fc_account_link_id=link.id)
+        order.action_confirm()
+        invoice = order._create_invoices()
+        invoice.with_user(accountant).action_post()
+
+        def status_webhooks():
+            rows = self._queue().filtered(lambda w: w.event_type == "invoice.payment_status_updated")
+            return [json.loads(w.payload)["invoice"]["payment_status"] for w in rows]
+        self.assertEqual(status_webhooks(), [])
+        self.env["account.payment.register"].with_user(accountant).with_context(
+            active_model="account.move", active_ids=invoice.ids).create({})._create_payments()
+        self.assertIn(invoice.payment_state, ("paid", "in_payment"))
+        self.assertEqual(status_webhooks(), ["succeeded"])
+        invoice.line_ids.filtered(lambda l: l.account_type == "asset_receivable").with_user(
+            accountant).remove_move_reconcile()
+        self.assertEqual(invoice.payment_state, "not_paid")
+        self.assertEqual(status_webhooks(), ["succeeded", "pending"])
+
+
+@tagged("post_install", "-at_install")
+class TestWebhookWorkers(FusionBillingCase):
+    """Delivery by real workers (real database sessions, commits) on a committed queue."""
+
+    def committed_services(self, *receivers, rows=1):
+        """One live service per receiver with ``rows`` queued webhooks each, committed in a real
+        session (as the apps' changes are) so that real workers see them; removed after the test."""
+        with real_session(self.env) as env:
+            env["ir.config_parameter"].set_param(LOOPBACK_PARAM, "1")
+            services = env["fusion.billing.service"]
+            for number, receiver in enumerate(receivers):
+                service = env["fusion.billing.service"].create({
+                    "name": f"Receiver {number}", "code": f"receiver_{number}", "billing_mode": "live",
+                    "webhook_url": receiver.url, "webhook_secret": SECRET})
+                for row in range(rows):
+                    env["fusion.billing.webhook"]._enqueue(service, "customer.created",
+                                                           obj={"external_id": f"cus_{number}_{row}"})
+                services |= service
+            service_ids = services.ids
+
+        def cleanup():
+            with real_session(self.env) as env:
+                env["fusion.billing.webhook"].search([("service_id", "in", service_ids)]).unlink()
+                env["fusion.billing.service"].browse(service_ids).unlink()
+                env["ir.config_parameter"].search([("key", "=", LOOPBACK_PARAM)]).unlink()
+        self.addCleanup(cleanup)
+        return service_ids
+
+    def committed_queue(self, service_ids):
+        with real_session(self.env) as env:
+            queue = env["fusion.billing.webhook"].search([("service_id", "in", service_ids)], order="id")
+            return [(w.service_id.id, w.unique_key, w.state, w.attempts, w.last_error) for w in queue]
+
     def test_two_workers_never_send_the_same_row_twice(self):
         """Two real database sessions (as two Odoo workers) deliver one committed queue concurrently."""
         receiver = Receiver()
         self.addCleanup(receiver.server.server_close)
-
-        with real_session(self.env) as env:  # committed, so that both sessions see it
-            service = env["fusion.billing.service"].create({
-                "name": "Two workers", "code": "two_workers", "billing_mode": "live",
-                "webhook_url": receiver.url, "webhook_secret": SECRET})
-            for number in range(120):
-                env["fusion.billing.webhook"]._enqueue(service, "customer.created",
-                                                       obj={"external_id": f"cus_{number}"})
-            service_id = service.id
-
-        def cleanup():
-            with real_session(self.env) as env:
-                env["fusion.billing.webhook"].search([("service_id", "=", service_id)]).unlink()
-                env["fusion.billing.service"].browse(service_id).unlink()
-        self.addCleanup(cleanup)
-
+        service_ids = self.committed_services(receiver, rows=120)
+        def deliver(env):  # as the cron job would, run after run, until nothing is left
+            while env["fusion.billing.webhook"]._cron_deliver(batch_size=10):
+                pass
         with receiver.running():
-            errors = run_as_workers(self.env, lambda env: env["fusion.billing.webhook"]._cron_deliver(batch_size=10),
-                                    timeout=120)
+            errors = run_as_workers(self.env, deliver, timeout=120)
         self.assertEqual(errors, [])
-        with real_session(self.env) as env:
-            queue = env["fusion.billing.webhook"].search([("service_id", "=", service_id)])
-            states, keys = set(queue.mapped("state")), sorted(queue.mapped("unique_key"))
+        queue = self.committed_queue(service_ids)
         received = [key for key, _type, _ref in receiver.received]
-        self.assertEqual(states, {"sent"})
+        self.assertEqual({state for _s, _k, state, _a, _e in queue}, {"sent"})
         self.assertEqual(len(received), 120)
-        self.assertEqual(sorted(received), keys, "every row exactly once")
+        self.assertEqual(sorted(received), sorted(key for _s, key, _st, _a, _e in queue), "every row exactly once")
+
+    def test_an_unreachable_receiver_never_delays_another_service(self):
+        """A receiver that never answers, queued first, does not hold back another app's webhooks."""
+        stuck, good = Receiver("stuck"), Receiver()
+        for receiver in (stuck, good):
+            self.addCleanup(receiver.server.server_close)
+        service_ids = self.committed_services(stuck, good, rows=5)
+        errors = []
+        worker = threading.Thread(target=lambda: errors.extend(run_as_workers(
+            self.env, lambda env: env["fusion.billing.webhook"]._cron_deliver(), workers=1, timeout=120)))
+        with stuck.running(), good.running():
+            worker.start()
+            delivered = good.wait_for(5, timeout=8)  # a guard against a hang, well under the send timeout
+            still_stuck = stuck.waiting
+            stuck.release.set()
+            worker.join(120)
+        self.assertTrue(delivered, f"only {len(good.received)} of 5 webhooks reached the healthy app")
+        self.assertEqual(still_stuck, 1, "the unreachable app's first webhook was still in flight")
+        self.assertEqual(errors, [])
+        self.assertEqual({state for _s, _k, state, _a, _e in self.committed_queue(service_ids)}, {"sent"})
+
+    def test_a_poisoned_webhook_fails_alone_and_delivered_ones_are_never_resent(self):
+        """Issue 17 §3: one row that cannot be sent among good ones; the job runs twice."""
+        receiver = Receiver()
+        self.addCleanup(receiver.server.server_close)
+        [service_id] = self.committed_services(receiver, rows=5)
+        with real_session(self.env) as env:  # a corrupt row, as a bad migration or a bug could leave
+            poisoned = env["fusion.billing.webhook"].search([("service_id", "=", service_id)], order="id")[2]
+            env.cr.execute("UPDATE fusion_billing_webhook SET unique_key = 'clé-ключ' WHERE id = %s", [poisoned.id])
+        with receiver.running():
+            for _run in range(2):
+                errors = run_as_workers(self.env, lambda env: env["fusion.billing.webhook"]._cron_deliver(),
+                                        workers=1, timeout=120)
+                self.assertEqual(errors, [])
+        queue = self.committed_queue([service_id])
+        states = [state for _s, key, state, _a, _e in queue]
+        self.assertEqual(states, ["sent", "sent", "retrying", "sent", "sent"])
+        poisoned_row = queue[2]
+        self.assertEqual(poisoned_row[3], 1, "one attempt, then its retry waits (no retry loop)")
+        self.assertTrue(poisoned_row[4])
+        received = [key for key, _type, _ref in receiver.received]
+        self.assertEqual(sorted(received), sorted(key for _s, key, state, _a, _e in queue if state == "sent"),
+                         "each delivered row exactly once")
+
+
+@tagged("post_install", "-at_install")
+class TestWebhookRowsOnlyCodeWrites(FusionBillingFixtures, HttpCase):
+    """Issue 16 §3: a Fusion Billing user cannot forge what delivery signs and sends (real JSON-RPC)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.desk = cls._create_service("NexaDesk", "nexadesk")
+        cls.env["ir.config_parameter"].set_param(LOOPBACK_PARAM, "1")
+        cls.service.write({"billing_mode": "live", "webhook_url": "http://127.0.0.1:9/down", "webhook_secret": SECRET})
+        cls.webhook = cls.env["fusion.billing.webhook"]._enqueue(cls.service, "events.errors", obj={"invalid_code": []})
+        cls.webhook.write({"state": "failed", "attempts": 32})
+
+    def call(self, user, method, *args):
+        self.authenticate(user.login, user.login)
+        return self.make_jsonrpc_request(f"/web/dataset/call_kw/fusion.billing.webhook/{method}", {
+            "model": "fusion.billing.webhook", "method": method, "args": [self.webhook.ids, *args], "kwargs": {}})
+
+    def test_users_cannot_write_what_is_signed_and_sent(self):
+        forged = {"payload": json.dumps({"webhook_type": "invoice.payment_status_updated",
+                                         "invoice": {"payment_status": "succeeded"}}),
+                  "service_id": self.desk.id, "state": "pending", "next_attempt_at": "2020-01-01 00:00:00",
+                  "unique_key": "forged", "event_type": "invoice.payment_status_updated"}
+        before = self.webhook.read(list(forged))[0]
+        for user in (self.billing_user, self.billing_admin):
+            for field, value in forged.items():
+                with self.assertRaises(JsonRpcException, msg=f"{user.login} wrote {field}"), \
+                        mute_logger("odoo.http"):
+                    self.call(user, "write", {field: value})
+        self.env.invalidate_all()
+        self.assertEqual(self.webhook.read(list(forged))[0], before)
+        with self.assertRaises(AccessError):
+            self.webhook.with_user(self.billing_user).write({"payload": "{}"})
+
+    def test_resend_is_the_users_way_and_checks_the_group(self):
+        with self.assertRaises(JsonRpcException), mute_logger("odoo.http"):
+            self.call(self.plain_user, "action_resend")
+        self.call(self.billing_user, "action_resend")
+        self.env.invalidate_all()
+        self.assertEqual(self.webhook.state, "pending")
