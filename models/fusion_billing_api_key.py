@@ -1,5 +1,4 @@
 from odoo import api, fields, models
-from odoo.exceptions import AccessError
 
 from ..core import keys
 
@@ -33,14 +32,14 @@ class FusionBillingApiKey(models.Model):
     @api.model
     def _generate(self, service):
         """Create a key for ``service`` and return its plaintext (never stored)."""
-        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_manager"):
-            raise AccessError(self.env._("Only Fusion Billing administrators can generate API keys."))
+        service._fc_check_manager()  # the group, and write access to this very service
         plaintext, prefix, key_hash = keys.generate_key()
         self.sudo().create({"service_id": service.id, "prefix": prefix, "key_hash": key_hash})
         service.message_post(body=self.env._("API key fcb_%s_… generated.", prefix))
         return plaintext
 
     def action_revoke(self):
+        self.check_access("write")
         for key in self:
             key.service_id.message_post(body=self.env._("API key fcb_%s_… revoked.", key.prefix))
         self.write({"active": False, "revoked_date": fields.Datetime.now()})
@@ -49,6 +48,7 @@ class FusionBillingApiKey(models.Model):
     def action_rotate(self):
         """Generate a replacement key for the same service and revoke this one."""
         self.ensure_one()
+        self.check_access("write")
         plaintext = self._generate(self.service_id)
         self.action_revoke()
         return self.env["fusion.billing.api.key.show"]._action_show(plaintext)
