@@ -99,7 +99,7 @@ class TestServiceRecordAccess(FusionBillingCase):
 
     def test_billing_mode_of_another_company_service_is_refused(self):
         wizard = self.env["fusion.billing.cutover.wizard"].with_user(self.admin_here).create(
-            {"service_id": self.other_service.id})
+            {"service_id": self.other_service.id, "acknowledged": True})
         self.assertRefusedBeforeAnyWrite(wizard.action_confirm)
         self.assertEqual(self.other_service.billing_mode, "shadow")
         self.other_service.billing_mode = "live"
