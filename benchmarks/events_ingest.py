@@ -23,11 +23,11 @@ import urllib.error
 import urllib.request
 import uuid
 
+from harness import argument_parser, odoo_args, odoo_command, prepare_database, run_shell  # first: Odoo's interpreter
+
 import psycopg2
 from psycopg2.extensions import make_dsn
 from psycopg2.extras import execute_values
-
-from harness import argument_parser, odoo_args, odoo_command, prepare_database, run_shell
 
 SETUP = """
 service = env['fusion.billing.service'].create({'name': 'Bench %(tag)s', 'code': 'bench_%(tag)s'})

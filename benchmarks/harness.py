@@ -1,4 +1,10 @@
-"""Shared plumbing of the benchmark scripts: find Odoo, prepare a database, run code in `odoo shell`."""
+"""Shared plumbing of the benchmark scripts: find Odoo, prepare a database, run code in `odoo shell`.
+
+Importing it first makes a script run under Odoo's own interpreter: ``python3 benchmarks/x.py``
+works even when ``psycopg2`` belongs to Odoo's interpreter (e.g. /opt/odoo19/venv) and not to
+``python3``: the script is started again with the interpreter of the ``odoo`` command (its
+``#!`` line), or with ``$ODOO_PYTHON`` when set.
+"""
 import argparse
 import concurrent.futures
 import contextlib
@@ -10,8 +16,55 @@ import sys
 import tempfile
 import time
 
-import psycopg2
-from psycopg2.extensions import make_dsn, parse_dsn
+REEXEC_MARK = "FUSION_BENCH_REEXEC"
+
+
+def odoo_command():
+    for name in ("odoo", "odoo-bin"):
+        if shutil.which(name):
+            return shutil.which(name)
+    sys.exit("no 'odoo' command on PATH")
+
+
+def odoo_python():
+    """The interpreter that runs Odoo: $ODOO_PYTHON, else the ``#!`` line of the odoo command."""
+    if os.environ.get("ODOO_PYTHON"):
+        return os.environ["ODOO_PYTHON"]
+    command = shutil.which("odoo") or shutil.which("odoo-bin")
+    if not command:
+        return None
+    with open(command, "rb") as handle:
+        first = handle.readline().decode(errors="replace").strip()
+    if not first.startswith("#!"):
+        return None
+    words = first[2:].split()
+    if words and os.path.basename(words[0]) == "env":  # "#!/usr/bin/env [-S] python3"
+        words = [word for word in words[1:] if not word.startswith("-")]
+        return shutil.which(words[0]) if words else None
+    return words[0] if words else None
+
+
+def _run_under_odoo_python():
+    """Start this script again with Odoo's interpreter when this one cannot import psycopg2."""
+    try:
+        import psycopg2  # noqa: F401
+        return
+    except ImportError:
+        pass
+    python = odoo_python()
+    if os.environ.get(REEXEC_MARK) or not python or not os.access(python, os.X_OK):
+        sys.exit(f"{sys.executable} cannot import psycopg2 and Odoo's interpreter was not found "
+                 f"({python or 'no odoo command on PATH'}). Run the benchmark with the Python that runs "
+                 "Odoo, e.g. /opt/odoo19/venv/bin/python benchmarks/<script>.py …, or set ODOO_PYTHON.")
+    print(f"(running with Odoo's interpreter {python})", file=sys.stderr, flush=True)
+    os.environ[REEXEC_MARK] = "1"
+    os.execv(python, [python, os.path.abspath(sys.argv[0])] + sys.argv[1:])
+
+
+_run_under_odoo_python()
+
+import psycopg2  # noqa: E402
+from psycopg2.extensions import make_dsn, parse_dsn  # noqa: E402
 
 ADDON = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_TARGET_MIB = 1024
@@ -23,13 +76,6 @@ def argument_parser(doc, default_db="fusion_billing_bench"):
     parser.add_argument("--pg", required=True, help="admin libpq DSN of the PostgreSQL server")
     parser.add_argument("--odoo-db", default=default_db)
     return parser
-
-
-def odoo_command():
-    for name in ("odoo", "odoo-bin"):
-        if shutil.which(name):
-            return shutil.which(name)
-    sys.exit("no 'odoo' command on PATH")
 
 
 @contextlib.contextmanager

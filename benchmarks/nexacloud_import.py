@@ -27,10 +27,10 @@ import json
 import sys
 import time
 
+from harness import ADDON, argument_parser, odoo_args, prepare_database, print_table, run_shell  # first: Odoo's interpreter
+
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
-
-from harness import ADDON, argument_parser, odoo_args, prepare_database, print_table, run_shell
 
 sys.path.insert(0, ADDON)
 from core import nexacloud_sample  # noqa: E402
