@@ -11,7 +11,7 @@ from odoo.tests import tagged
 
 from odoo.addons.fusion_centralize_billing.core.nexacloud_sample import sid
 from odoo.addons.fusion_centralize_billing.wizards import fusion_billing_nexacloud_import as wizard_module
-from odoo.addons.fusion_centralize_billing.wizards.nexacloud_import_run import ImportRun
+from odoo.addons.fusion_centralize_billing.services.nexacloud_import import ImportRun
 
 from .common import NexacloudSourceCase
 

@@ -7,7 +7,7 @@ from odoo.exceptions import AccessError, UserError
 
 from ..core import nexacloud
 from ..models.batch_jobs import real_transactions
-from .nexacloud_import_run import ENTITIES, OUTCOMES, ImportRun
+from ..services.nexacloud_import import ENTITIES, OUTCOMES, ImportRun
 
 _logger = logging.getLogger(__name__)
 
