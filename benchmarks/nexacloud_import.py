@@ -37,8 +37,8 @@ from core import nexacloud_sample  # noqa: E402
 
 TARGETS = {"test": 300, "dry_run": 300, "real_run": 300, "rerun": 120, "reconcile": 60, "reconcile_again": 60}
 RUN = ("w = env['fusion.billing.nexacloud.import'].create({{'dry_run': {dry}}})\nw.action_run_import()\n"
-       "env.cr.commit()\nw._cron_run_queued_imports()\nenv.cr.commit()\n"
-       "result = {{'state': w.state, 'banner': w.banner, 'message': w.banner_message}}")
+       "env.cr.commit()\nenv['fusion.billing.import.run']._cron_run_queued()\nenv.cr.commit()\nr = w.run_id\n"
+       "result = {{'state': r.state, 'banner': r.banner, 'message': r.banner_message or r.error}}")
 RECONCILE = (
     "from datetime import date\nfrom odoo.addons.fusion_centralize_billing.core import periods\n"
     "s = env['fusion.billing.service'].search([('code', '=', 'nexacloud')], limit=1)\n"

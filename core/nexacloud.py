@@ -329,6 +329,23 @@ def clean_text(value, limit=NAME_LIMIT):
     return text[:limit - 1].rstrip() + "…" if len(text) > limit else text
 
 
+def _number(value):
+    """``value`` as a finite number, or None when it is not one. A NexaCloud column may hold
+    text where the contract says integer: numeric text is read, anything else is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        if value.is_finite() and value == value.to_integral_value():
+            value = int(value)
+    if isinstance(value, (int, float, Decimal)) and value == value and abs(value) != float("inf"):
+        return value  # (NaN is not equal to itself)
+    return None
+
+
 def _date(value):
     return value.date() if hasattr(value, "date") and callable(value.date) else value
 
@@ -344,6 +361,10 @@ def plan_user(row):
         return Decision(FAIL, f"invalid e-mail address '{clean_text(row['email'], 80)}'")
     company = clean_text(row.get("company_name"))
     name = clean_text(row.get("full_name")) or company or email
+    if company and company.casefold() == name.casefold():
+        # A company named like the person (or a user with only a company name): Odoo would show
+        # "Boréal Technologies, Boréal Technologies" for a contact named after its own company.
+        company = ""
     return Decision(IMPORT, values={
         "external_id": str(row["id"]), "email": email, "name": name, "company_name": company or False,
         "stripe_customer_id": (row.get("stripe_customer_id") or "").strip() or False,
@@ -372,6 +393,9 @@ def plan_plan(row, service_currency):
     for column, (metric, _name, _prop) in LIMIT_METRICS.items():
         limit = row.get(column)
         if limit is not None:
+            if _number(limit) is None:
+                return Decision(FAIL, f"invalid {column} {clean_text(repr(limit), 80)} (not a number)")
+            limit = _number(limit)
             if limit < 0:
                 return Decision(FAIL, f"negative {column} {limit}")
             charges.append({"metric": metric, "included_quantity": limit})
@@ -457,9 +481,9 @@ def plan_deployment(row, subscriptions):
         return problem
     allocation = {}
     for metric in ALLOCATION_METRICS:
-        value = row.get(metric)
+        value = _number(row.get(metric))
         if value is None or value < 0:
-            return Decision(FAIL, f"invalid {metric} allocation {value!r}")
+            return Decision(FAIL, f"invalid {metric} allocation {clean_text(repr(row.get(metric)), 80)}")
         allocation[metric] = value
     return Decision(IMPORT, values={"subscription_id": sub_id, "allocation": allocation})
 

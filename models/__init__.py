@@ -9,6 +9,9 @@ from . import fusion_billing_webhook
 from . import fusion_billing_reconciliation
 from . import fusion_billing_reconciliation_run
 from . import fusion_billing_reconciliation_run_line
+from . import fusion_billing_import_run
+from . import fusion_billing_import_run_count
+from . import fusion_billing_import_run_line
 from . import res_partner
 from . import sale_subscription_plan
 from . import sale_order

@@ -12,18 +12,29 @@ others down.
 """
 import logging
 from collections import defaultdict
+from contextlib import contextmanager
 from decimal import Decimal
 from itertools import islice
 
+import psycopg2
+
 from odoo import Command, fields
+from odoo.exceptions import UserError
 from odoo.tools import float_compare
 
 from ..core import nexacloud, periods
 
 _logger = logging.getLogger(__name__)
 
+DSN_PARAMETER = "fusion_billing.nexacloud_dsn"
+IMPORT_LOCK = 0x46434249  # pg advisory lock key ("FCBI"): one NexaCloud import at a time, across workers
 ENTITIES = ("metrics", "plans", "charges", "partners", "account_links", "subscriptions", "deployments",
             "usage_baselines")
+ENTITY_LABELS = {
+    "metrics": "Billable metrics", "plans": "Catalog plans", "charges": "Usage charges", "partners": "Contacts",
+    "account_links": "Account links (users)", "subscriptions": "Subscriptions",
+    "deployments": "Deployments", "usage_baselines": "Usage baselines",
+}
 OUTCOMES = ("created", "updated", "unchanged", "skipped", "failed")
 BATCH = 500
 QUIET = {"tracking_disable": True, "mail_create_nolog": True, "mail_create_nosubscribe": True,
@@ -37,6 +48,59 @@ def batches(rows, size=BATCH):
         yield chunk
 
 
+# ---------------------------------------------------------------------------- source, service, lock
+def source_dsn(env):
+    """(libpq DSN, notes) from the system parameter; a readable UserError when unusable."""
+    raw = env["ir.config_parameter"].sudo().get_param(DSN_PARAMETER)
+    try:
+        return nexacloud.normalise_dsn(raw)
+    except nexacloud.SourceError as error:
+        raise UserError(str(error)) from None
+
+
+def open_source(env):
+    """The read-only NexaCloud source (one snapshot); a readable UserError when unusable."""
+    try:
+        return nexacloud.Source(source_dsn(env)[0])
+    except nexacloud.SourceError as error:
+        raise UserError(str(error)) from None
+
+
+def nexacloud_service(env, company, create=True):
+    """The NexaCloud service of ``company`` (created in shadow mode on the first import)."""
+    Service = env["fusion.billing.service"].sudo().with_context(active_test=False)
+    service = Service.search([("code", "=", "nexacloud"), ("company_id", "=", company.id)], limit=1)
+    if service or not create:
+        return service
+    return Service.create({"name": "NexaCloud", "code": "nexacloud", "billing_mode": "shadow",
+                           "company_id": company.id})
+
+
+def import_running(cr):
+    """Whether an import runs right now (in any worker): its session holds the advisory lock.
+    Asked inside a transaction, which then holds the lock until it ends."""
+    cr.execute("SELECT pg_try_advisory_xact_lock(%s)", [IMPORT_LOCK])
+    return not cr.fetchone()[0]
+
+
+@contextmanager
+def import_lock(cr):
+    """Hold the import lock for this database session (across the run's commits); yields whether
+    it was obtained. Released on exit, or by PostgreSQL when a killed worker's connection closes."""
+    cr.execute("SELECT pg_try_advisory_lock(%s)", [IMPORT_LOCK])
+    locked = cr.fetchone()[0]
+    try:
+        yield locked
+    finally:
+        if locked:
+            try:
+                cr.execute("SELECT pg_advisory_unlock(%s)", [IMPORT_LOCK])
+            except psycopg2.Error:  # an aborted transaction: end it, then unlock (a session lock survives it)
+                cr.rollback()
+                cr.execute("SELECT pg_advisory_unlock(%s)", [IMPORT_LOCK])
+
+
+# ---------------------------------------------------------------------------- the run
 class ImportRun:
     """One run (dry or real) over one read-only source snapshot; collects counts and report lines."""
 
@@ -92,6 +156,14 @@ class ImportRun:
                 self.report(entity, table, source_id, "failed", _reason(error))
                 on_failure(source_id)
 
+    @staticmethod
+    def plan(planner, row, *args):
+        """``planner(row, *args)``; a row it cannot read (an unexpected value) fails alone."""
+        try:
+            return planner(row, *args)
+        except Exception as error:  # noqa: BLE001 — one unreadable row never stops the run
+            return nexacloud.Decision(nexacloud.FAIL, f"unreadable row: {_reason(error)}", code="unreadable")
+
     def tick(self, table, rows):
         self.read[table] += rows
         self.on_progress(", ".join(f"{count} {name}" for name, count in self.read.items() if count) + " read")
@@ -125,7 +197,7 @@ class ImportRun:
         Plan = self.env["sale.subscription.plan"]
         Currency = self.env["res.currency"]
         for row in rows:
-            decision = nexacloud.plan_plan(row, self.service.currency_id.name)
+            decision = self.plan(nexacloud.plan_plan, row, self.service.currency_id.name)
             self.plan_state[row["id"]] = decision.action
             self.plan_monthly[row["id"]] = (nexacloud.monthly_amount(row), (row.get("currency") or "").strip().upper())
             if decision.action != nexacloud.IMPORT:
@@ -201,7 +273,7 @@ class ImportRun:
             for row in chunk:
                 user_id = str(row["id"])
                 self.seen_users.add(user_id)
-                decision = nexacloud.plan_user(row)
+                decision = self.plan(nexacloud.plan_user, row)
                 self.user_state[user_id] = decision.action
                 if decision.action == nexacloud.SKIP:
                     self.report("account_links", "users", user_id, "skipped", decision.reason)
@@ -341,7 +413,7 @@ class ImportRun:
             for row in chunk:
                 sub_id = str(row["id"])
                 self.seen_subs.add(sub_id)
-                decision = nexacloud.plan_subscription(row, self.user_state, self.plan_state)
+                decision = self.plan(nexacloud.plan_subscription, row, self.user_state, self.plan_state)
                 self.sub_state[sub_id] = decision.action
                 if decision.action == nexacloud.IMPORT:
                     planned.append((sub_id, decision.values))
@@ -431,7 +503,7 @@ class ImportRun:
     def import_deployments(self, rows):
         totals, contributors = {}, defaultdict(int)
         for row in rows:
-            decision = nexacloud.plan_deployment(row, self.sub_state)
+            decision = self.plan(nexacloud.plan_deployment, row, self.sub_state)
             if decision.action == nexacloud.IMPORT:
                 nexacloud.add_allocation(totals, decision)
                 contributors[decision.values["subscription_id"]] += 1
@@ -445,54 +517,72 @@ class ImportRun:
     def write_baselines(self, totals):
         """Upsert one import baseline per (subscription, allocation metric) for its current period.
 
-        Returns {source subscription id: "created" | "updated" | "unchanged"} (the strongest change).
+        Returns {source subscription id: "created" | "updated" | "unchanged" | "failed"} (the
+        strongest change). Subscriptions are written in batches, isolated like every other row:
+        one whose baselines cannot be written fails alone, reported with its reason.
         """
-        cr, now, uid = self.env.cr, fields.Datetime.now(), self.env.uid
         today = fields.Date.context_today(self.service)
-        wanted = {}
+        items = []
         for sub_id, allocation in totals.items():
-            order_id, anchor, plan_id = self.subs[sub_id]
-            unit, value = self.plan_period[plan_id]
-            start, end = periods.period_bounds(anchor, unit, value, max(today, anchor))
-            for metric, units in allocation.items():
-                wanted[(order_id, self.metrics[metric], start)] = (sub_id, end, units)
-        outcomes, rank = {}, {"unchanged": 0, "updated": 1, "created": 2}
-        orders = self.env["sale.order"].browse({key[0] for key in wanted})
-        owner = {order.id: (order.partner_id.id, order.company_id.id) for order in orders}
-        for keys in batches(list(wanted), 2000):
-            cr.execute("""SELECT subscription_id, metric_id, period_start, id, quantity, source
-                            FROM fusion_billing_usage
-                           WHERE (subscription_id, metric_id, period_start) IN %s""", [tuple(keys)])
-            current = {(r[0], r[1], r[2]): r[3:] for r in cr.fetchall()}
-            inserts = []
-            for key in keys:
-                sub_id, end, units = wanted[key]
-                row = current.get(key)
-                if row is None:
-                    inserts.append(key + (end, units, self.service.id) + owner[key[0]] + (now, now, uid, uid))
-                    outcome = "created"
-                elif row[2] != "import":
-                    self.report("usage_baselines", "deployments", sub_id, "skipped",
-                                "the app already reported this period's usage: its figures are kept")
-                    continue
-                elif float_compare(row[1], units, precision_digits=6):
-                    cr.execute("UPDATE fusion_billing_usage SET quantity = %s, write_date = %s, write_uid = %s "
-                               "WHERE id = %s", [units, now, uid, row[0]])
-                    outcome = "updated"
-                else:
-                    outcome = "unchanged"
-                self.count("usage_baselines", outcome)
-                if rank[outcome] >= rank[outcomes.get(sub_id, "unchanged")]:
-                    outcomes[sub_id] = outcome
-            if inserts:
-                cr.execute("""
-                    INSERT INTO fusion_billing_usage (subscription_id, metric_id, period_start, period_end, quantity,
-                           service_id, partner_id, company_id, create_date, write_date, create_uid, write_uid,
-                           source, state, events_count)
-                    VALUES """ + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'import', 'open', 0)"]
-                                           * len(inserts)), [value for row in inserts for value in row])
+            try:
+                order_id, anchor, plan_id = self.subs[sub_id]
+                unit, value = self.plan_period[plan_id]
+                start, end = periods.period_bounds(anchor, unit, value, max(today, anchor))
+            except Exception as error:  # noqa: BLE001 — e.g. a period beyond the calendar: this row only
+                self.report("usage_baselines", "deployments", sub_id, "failed", _reason(error))
+                continue
+            items.append((sub_id, [((order_id, self.metrics[metric], start), end, float(units))
+                                   for metric, units in allocation.items()]))
+        outcomes = {sub_id: "failed" for sub_id in totals}
+        for chunk in batches(items, 700):
+            self.isolated("usage_baselines", "deployments", chunk,
+                          lambda batch: self._write_baseline_batch(batch, outcomes), lambda _sub_id: None)
         self.env["fusion.billing.usage"].invalidate_model()
         return outcomes
+
+    def _write_baseline_batch(self, items, outcomes):
+        cr, now, uid = self.env.cr, fields.Datetime.now(), self.env.uid
+        wanted = {key: (sub_id, end, units) for sub_id, baselines in items for key, end, units in baselines}
+        orders = self.env["sale.order"].browse({key[0] for key in wanted})
+        owner = {order.id: (order.partner_id.id, order.company_id.id) for order in orders}
+        cr.execute("""SELECT subscription_id, metric_id, period_start, id, quantity, source
+                        FROM fusion_billing_usage
+                       WHERE (subscription_id, metric_id, period_start) IN %s""", [tuple(wanted)])
+        current = {(r[0], r[1], r[2]): r[3:] for r in cr.fetchall()}
+        inserts, results, skipped = [], [], []
+        for key, (sub_id, end, units) in wanted.items():
+            row = current.get(key)
+            if row is None:
+                inserts.append(key + (end, units, self.service.id) + owner[key[0]] + (now, now, uid, uid))
+                outcome = "created"
+            elif row[2] != "import":
+                skipped.append(sub_id)
+                continue
+            elif float_compare(row[1], units, precision_digits=6):
+                cr.execute("UPDATE fusion_billing_usage SET quantity = %s, write_date = %s, write_uid = %s "
+                           "WHERE id = %s", [units, now, uid, row[0]])
+                outcome = "updated"
+            else:
+                outcome = "unchanged"
+            results.append((sub_id, outcome))
+        if inserts:
+            cr.execute("""
+                INSERT INTO fusion_billing_usage (subscription_id, metric_id, period_start, period_end, quantity,
+                       service_id, partner_id, company_id, create_date, write_date, create_uid, write_uid,
+                       source, state, events_count)
+                VALUES """ + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'import', 'open', 0)"]
+                                       * len(inserts)), [value for row in inserts for value in row])
+
+        def remember():
+            rank = {"failed": -1, "unchanged": 0, "updated": 1, "created": 2}
+            for sub_id in skipped:
+                self.report("usage_baselines", "deployments", sub_id, "skipped",
+                            "the app already reported this period's usage: its figures are kept")
+                outcomes[sub_id] = max(outcomes[sub_id], "unchanged", key=rank.get)
+            for sub_id, outcome in results:
+                self.count("usage_baselines", outcome)
+                outcomes[sub_id] = max(outcomes[sub_id], outcome, key=rank.get)
+        return remember
 
     # ------------------------------------------------------------------ removed at the source
     def report_removed(self):

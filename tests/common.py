@@ -152,7 +152,7 @@ class FusionBillingApiCase(FusionBillingFixtures, HttpCase):
         return response
 
 
-class NexacloudSourceCase(FusionBillingCase):
+class NexacloudSource:
     """Each test gets a real NexaCloud-shaped source database (every messy case of the contract)
     on Odoo's own PostgreSQL server, read through the README's least-privilege role, and the
     ``fusion_billing.nexacloud_dsn`` parameter pointing at it. Dropped afterwards."""
@@ -210,11 +210,21 @@ class NexacloudSourceCase(FusionBillingCase):
             connection.close()
 
     def run_import(self, dry_run=False, user=None):
-        """Press Run Import, then let the background job run it (as the scheduler would)."""
+        """Press Run Import, then let the background job run it (as the scheduler would).
+        Returns the run (``fusion.billing.import.run``, the history record: banner, counts, rows)."""
         wizard = self.env["fusion.billing.nexacloud.import"].with_user(user or self.billing_admin).create(
             {"dry_run": dry_run})
         wizard.action_run_import()
-        self.assertEqual(wizard.state, "queued")
-        self.env["fusion.billing.nexacloud.import"]._cron_run_queued_imports()
-        self.assertEqual(wizard.state, "done", wizard.error)
-        return wizard
+        run = wizard.run_id
+        self.assertEqual(run.state, "queued")
+        self.env["fusion.billing.import.run"]._cron_run_queued()
+        self.assertEqual(run.state, "done", run.error)
+        return run
+
+
+class NexacloudSourceCase(NexacloudSource, FusionBillingCase):
+    """ORM-level tests against a real NexaCloud source (see NexacloudSource)."""
+
+
+class NexacloudSourceHttpCase(NexacloudSource, FusionBillingFixtures, HttpCase):
+    """HTTP (JSON-RPC) tests against a real NexaCloud source (see NexacloudSource)."""

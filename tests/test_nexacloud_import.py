@@ -10,8 +10,7 @@ from odoo.sql_db import db_connect
 from odoo.tests import tagged
 
 from odoo.addons.fusion_centralize_billing.core.nexacloud_sample import sid
-from odoo.addons.fusion_centralize_billing.wizards import fusion_billing_nexacloud_import as wizard_module
-from odoo.addons.fusion_centralize_billing.services.nexacloud_import import ImportRun
+from odoo.addons.fusion_centralize_billing.services.nexacloud_import import IMPORT_LOCK, ImportRun
 
 from .common import NexacloudSourceCase
 
@@ -118,14 +117,14 @@ class TestNexacloudImport(NexacloudSourceCase):
     def test_plain_users_may_dry_run_but_not_import_for_real(self):
         with self.assertRaises(AccessError):
             self.run_import(user=self.billing_user)
-        wizard = self.run_import(dry_run=True, user=self.billing_user)
-        self.assertTrue(wizard.ran_at)
+        run = self.run_import(dry_run=True, user=self.billing_user)
+        self.assertTrue(run.finished_at)
         self.assertFalse(self.imported_orders())
 
     def test_a_second_concurrent_import_is_refused(self):
         other = db_connect(self.env.cr.dbname).cursor()
         try:
-            other.execute("SELECT pg_advisory_xact_lock(%s)", [wizard_module.IMPORT_LOCK])
+            other.execute("SELECT pg_advisory_xact_lock(%s)", [IMPORT_LOCK])
             with self.assertRaisesRegex(UserError, "already running"):
                 self.run_import(dry_run=True)
         finally:
@@ -138,14 +137,14 @@ class TestNexacloudImport(NexacloudSourceCase):
         with self.assertRaisesRegex(UserError, "already queued or running"):
             self.wizard(dry_run=True).action_run_import()
         self.admin_sql("ALTER TABLE deployments DROP COLUMN vcpu")  # the source changes before the job runs
-        self.env["fusion.billing.nexacloud.import"]._cron_run_queued_imports()
-        self.assertEqual(first.state, "failed")
-        self.assertIn("deployments: vcpu", first.error)
+        self.env["fusion.billing.import.run"]._cron_run_queued()
+        self.assertEqual(first.run_id.state, "failed")
+        self.assertIn("deployments: vcpu", first.run_id.error)
         self.assertFalse(self.imported_orders())
 
     def test_a_run_that_died_does_not_block_the_next_one(self):
-        dead = self.wizard(dry_run=True)
-        dead.state = "running"  # its worker was killed: the state stayed, its transaction (and lock) did not
+        dead = self.env["fusion.billing.import.run"].with_user(self.billing_admin)._create_queued(True)
+        dead.sudo().state = "running"  # its worker was killed: the state stayed, its transaction (and lock) did not
         self.run_import(dry_run=True)
         self.assertEqual(dead.state, "failed")
         self.assertIn("Interrupted", dead.error)
@@ -259,8 +258,8 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertEqual(len(self.imported_orders()), 5)
 
     def test_reported_rows_open_as_an_exportable_list(self):
-        wizard = self.run_import(dry_run=True)
-        action = wizard.action_open_lines()
+        run = self.run_import(dry_run=True)
+        action = run.action_open_lines()
         lines = self.env[action["res_model"]].search(action["domain"])
-        self.assertEqual(lines, wizard.line_ids)
+        self.assertEqual(lines, run.line_ids)
         self.assertTrue(lines.filtered(lambda l: l.outcome == "skipped"))

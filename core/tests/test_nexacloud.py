@@ -174,6 +174,38 @@ def test_users_are_keyed_by_normalised_email_and_messy_ones_reported(source_rows
     assert users[sid("u", 1)].values["stripe_customer_id"] == "cus_A1"
 
 
+def test_a_company_named_like_its_person_is_not_repeated():
+    """Odoo shows a contact with a company name as "<company>, <name>": never "X, X"."""
+    def user(full_name, company):
+        return nexacloud.plan_user({"id": "u", "email": "a@b.ca", "full_name": full_name, "company_name": company})
+    same = user("Boréal Technologies", " boréal  TECHNOLOGIES ").values
+    assert (same["name"], same["company_name"]) == ("Boréal Technologies", False)
+    only_company = user(None, "Boréal Technologies").values
+    assert (only_company["name"], only_company["company_name"]) == ("Boréal Technologies", False)
+    person = user("Élise Roy", "Boréal Technologies").values
+    assert (person["name"], person["company_name"]) == ("Élise Roy", "Boréal Technologies")
+
+
+def test_values_of_the_wrong_type_fail_their_row_with_a_reason():
+    """A column holding text where the contract says integer fails that row, readably (never raises)."""
+    plan = {"id": 3, "code": "legacy", "name": "Legacy", "price_cents": 900, "currency": "CAD", "interval": "month",
+            "vcpu_limit": "2 cores"}
+    decision = nexacloud.plan_plan(plan, "CAD")
+    assert decision.action == FAIL and decision.reason == "invalid vcpu_limit '2 cores' (not a number)"
+    deployment = {"id": "d", "subscription_id": "s", "status": "running", "vcpu": "two", "ram_mb": 512,
+                  "disk_gb": True}
+    decision = nexacloud.plan_deployment(deployment, {"s": IMPORT})
+    assert decision.action == FAIL and decision.reason == "invalid vcpu allocation 'two'"
+    assert nexacloud.plan_deployment(dict(deployment, vcpu=Decimal("1.5")), {"s": IMPORT}).reason == \
+        "invalid disk_gb allocation True"
+    assert nexacloud.plan_deployment(dict(deployment, vcpu=float("nan"), disk_gb=1), {"s": IMPORT}).action == FAIL
+    # Numeric text (a column that became text at the source) is read as the number it holds.
+    assert nexacloud.plan_plan(dict(plan, vcpu_limit=" 4 "), "CAD").values["charges"] == \
+        [{"metric": "vcpu", "included_quantity": 4}]
+    readable = nexacloud.plan_deployment(dict(deployment, vcpu="2", disk_gb="10.5"), {"s": IMPORT})
+    assert readable.values["allocation"] == {"vcpu": 2, "ram_mb": 512, "disk_gb": Decimal("10.5")}
+
+
 def test_plans_currency_interval_and_limit_charges(source_rows):
     _users, plans, _subs, _deps = plan_all(source_rows)
     starter = plans[1].values
