@@ -1,4 +1,5 @@
 from odoo import api, fields, models
+from odoo.tools.misc import formatLang
 
 from ..core import aggregation
 
@@ -36,6 +37,13 @@ class FusionBillingMetric(models.Model):
         string="Event Property", tracking=True,
         help="The event property aggregated (required for every aggregation but count).")
     uom_id = fields.Many2one("uom.uom", string="Unit of Measure")
+    unit = fields.Char(
+        tracking=True, help="Shown after this metric's quantities, e.g. GB, MiB, vCPUs, requests "
+                            "(default: the unit of measure's name).")
+    decimal_places = fields.Integer(
+        string="Decimals", compute="_compute_decimal_places", store=True, readonly=False, precompute=True,
+        help="Decimals shown for this metric's quantities (they are stored and rated exactly). "
+             "Default: none for counts, 2 otherwise.")
     active = fields.Boolean(default=True)
 
     _service_code_uniq = models.UniqueIndex(
@@ -43,6 +51,22 @@ class FusionBillingMetric(models.Model):
     _field_required = models.Constraint(
         "CHECK(aggregation = 'count' OR field_name IS NOT NULL)",
         "Every aggregation but count needs the event property it aggregates.")
+
+    @api.depends("aggregation")
+    def _compute_decimal_places(self):
+        for metric in self:
+            metric.decimal_places = 0 if metric.aggregation in ("count", "unique_count") else 2
+
+    def _fc_unit_label(self):
+        self.ensure_one()
+        return self.unit or self.uom_id.name or ""
+
+    def _fc_format_quantity(self, quantity):
+        """``quantity`` as people read it: the metric's decimals, grouped digits, its unit ("131,072 MiB")."""
+        self.ensure_one()
+        text = formatLang(self.env, float(quantity or 0.0), digits=max(self.decimal_places, 0))
+        unit = self._fc_unit_label()
+        return f"{text} {unit}" if unit else text
 
     @api.depends("name", "code")
     def _compute_display_name(self):

@@ -4,6 +4,7 @@ from odoo import Command, api, fields, models
 from odoo.exceptions import AccessError, UserError, ValidationError
 
 from ..core import nexacloud, outbound, periods, reconcile
+from ..services.service_overview import ServiceOverview
 
 
 class FusionBillingService(models.Model):
@@ -71,6 +72,10 @@ class FusionBillingService(models.Model):
     last_reconciliation_failed = fields.Boolean(compute="_compute_last_reconciliation")
     last_reconciliation_summary = fields.Html(compute="_compute_last_reconciliation", sanitize=False,
                                               string="Latest Reconciliation Figures")
+    overview_html = fields.Html(
+        string="Overview", compute="_compute_overview_html", sanitize=False,
+        help="The current periods so far (usage and what Odoo would bill per metric), unbillable events, "
+             "webhook failures, the latest reconciliation and the events received per day.")
 
     _code_company_uniq = models.Constraint(
         "UNIQUE(company_id, code)", "A service code must be unique per company.")
@@ -126,6 +131,47 @@ class FusionBillingService(models.Model):
             "fusion_centralize_billing.fusion_billing_reconciliation_run_action")
         action["domain"] = [("service_id", "=", self.id)]
         return action
+
+    def _compute_overview_html(self):
+        for service in self:
+            if not service.id:
+                service.overview_html = False
+                continue
+            service.overview_html = self.env["ir.qweb"]._render(
+                "fusion_centralize_billing.service_overview", service._fc_overview_values())
+
+    def _fc_overview_values(self):
+        """The overview's figures as plain values (see services/service_overview.py)."""
+        return ServiceOverview(self).values()
+
+    def _fc_window_action(self, name, model, domain, **extra):
+        return dict({"type": "ir.actions.act_window", "name": name, "res_model": model,
+                     "view_mode": "list,form", "domain": domain}, **extra)
+
+    def action_view_current_usage(self):
+        self.ensure_one()
+        today = fields.Date.context_today(self)
+        return self._fc_window_action(
+            self.env._("Current usage of %s", self.name), "fusion.billing.usage",
+            [("service_id", "=", self.id), ("period_start", "<=", today), ("period_end", ">", today)],
+            view_mode="list,pivot,graph,form", context={"search_default_by_metric": 1})
+
+    def action_view_unbillable_events(self):
+        self.ensure_one()
+        return self._fc_window_action(self.env._("Unbillable events of %s", self.name), "fusion.billing.event",
+                                      [("service_id", "=", self.id), ("state", "!=", "processed")])
+
+    def action_view_webhook_failures(self):
+        self.ensure_one()
+        return self._fc_window_action(self.env._("Webhook failures of %s", self.name), "fusion.billing.webhook",
+                                      [("service_id", "=", self.id), ("state", "in", ("failed", "retrying"))])
+
+    def action_view_latest_reconciliation(self):
+        self.ensure_one()
+        latest = self.env["fusion.billing.reconciliation"].search(
+            [("service_id", "=", self.id)], order="period_start desc", limit=1).period_start
+        return self._fc_window_action(self.env._("Reconciliation of %s", self.name), "fusion.billing.reconciliation",
+                                      [("service_id", "=", self.id), ("period_start", "=", latest)])
 
     def _is_shadow(self):
         self.ensure_one()

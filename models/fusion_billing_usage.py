@@ -27,6 +27,9 @@ class FusionBillingUsage(models.Model):
     period_end = fields.Date(required=True, help="First day after the period (exclusive).")
     quantity = fields.Float(
         digits=(20, 6), help="Aggregated units of the period (per the metric's aggregation).")
+    quantity_display = fields.Char(
+        string="Usage", compute="_compute_quantity_display",
+        help="The quantity with the metric's decimals and unit (the quantity itself is kept exactly).")
     events_count = fields.Integer(help="Events (or pushes) that contributed to this period.")
     last_event_at = fields.Datetime(help="Timestamp of the latest contributing event.")
     source = fields.Selection(
@@ -48,6 +51,11 @@ class FusionBillingUsage(models.Model):
         "Usage is already recorded for this subscription, metric and period.")
     _period_order = models.Constraint(
         "CHECK(period_end > period_start)", "A usage period must end after it starts.")
+
+    @api.depends("quantity", "metric_id.unit", "metric_id.decimal_places", "metric_id.uom_id")
+    def _compute_quantity_display(self):
+        for usage in self:
+            usage.quantity_display = usage.metric_id._fc_format_quantity(usage.quantity) if usage.metric_id else False
 
     @api.depends("metric_id", "period_start")
     def _compute_display_name(self):

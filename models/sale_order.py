@@ -55,8 +55,10 @@ class SaleOrder(models.Model):
             # Whoever may read the order (a salesperson) sees its usage, rated by code: the usage
             # rows, charges and metrics behind it are not theirs to read.
             values = order.sudo()._fc_usage_values()
+            metrics = {str(c.metric_id.id): c.metric_id for c in order.sudo()._fc_charges()}
             rows = "".join(
-                f"<tr><td>{escape(c['billable_metric']['name'])}</td><td class='text-end'>{lago.units(c['units'])}</td>"
+                f"<tr><td>{escape(c['billable_metric']['name'])}</td>"
+                f"<td class='text-end'>{escape(metrics[c['billable_metric']['lago_id']]._fc_format_quantity(c['units']))}</td>"
                 f"<td class='text-end'>{c['events_count']}</td>"
                 f"<td class='text-end'>{money.from_minor_units(c['amount_cents'], order.currency_id.decimal_places)}</td></tr>"
                 for c in values["charges_usage"])

@@ -40,6 +40,7 @@ BATCH = 500
 QUIET = {"tracking_disable": True, "mail_create_nolog": True, "mail_create_nosubscribe": True,
          "mail_notrack": True, "mail_notify_force_send": False, "active_test": False}
 METRIC_AGGREGATION = {"vcpu": "max", "ram_mb": "max", "disk_gb": "max", "bandwidth_gb": "sum"}
+METRIC_DISPLAY = {"vcpu": ("vCPUs", 0), "ram_mb": ("MiB", 0), "disk_gb": ("GB", 0), "bandwidth_gb": ("GB", 2)}
 
 
 def batches(rows, size=BATCH):
@@ -184,12 +185,17 @@ class ImportRun:
         Metric = self.env["fusion.billing.metric"]
         self.metrics = {}
         for code, name, prop in nexacloud.LIMIT_METRICS.values():
+            unit, decimals = METRIC_DISPLAY[code]
             metric = Metric.search([("service_id", "=", self.service.id), ("code", "=", code)], limit=1)
-            if metric:
+            if metric and not metric.unit:  # imported before metrics had a unit
+                metric.write({"unit": unit, "decimal_places": decimals})
+                self.count("metrics", "updated")
+            elif metric:
                 self.count("metrics", "unchanged")
             else:
                 metric = Metric.create({"service_id": self.service.id, "code": code, "name": name,
-                                        "aggregation": METRIC_AGGREGATION[code], "field_name": prop})
+                                        "aggregation": METRIC_AGGREGATION[code], "field_name": prop,
+                                        "unit": unit, "decimal_places": decimals})
                 self.count("metrics", "created")
             self.metrics[code] = metric.id
 

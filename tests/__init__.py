@@ -6,5 +6,6 @@ from . import test_usage_billing
 from . import test_webhooks
 from . import test_nexacloud_import
 from . import test_nexacloud_import_runs
+from . import test_screens
 from . import test_reconciliation
 from . import test_openapi
