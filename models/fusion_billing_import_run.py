@@ -230,7 +230,8 @@ class FusionBillingImportRun(models.Model):
 
     def _finish_failed(self, reason, started=None):
         self.write({"state": "failed", "error": reason, "finished_at": fields.Datetime.now(),
-                    "duration": time.monotonic() - started if started else 0.0})
+                    "duration": time.monotonic() - started if started else 0.0, "banner": "danger",
+                    "banner_message": self.env._("Failed: %s", reason)})
         self._tell_requester(self.env._("NexaCloud import failed"), reason)
 
     def _tell_requester(self, summary, note):
