@@ -93,7 +93,11 @@ def main():
     with odoo_args(options.pg, options.odoo_db) as args:
         prepare_database(options.pg, options.odoo_db, args)
         set_dsn = f"env['ir.config_parameter'].set_param('fusion_billing.nexacloud_dsn', {ro_dsn!r})\nenv.cr.commit()\n"
-        results = {name: run_shell(args, set_dsn + PHASES[name], name) for name in phases}
+        results = {}
+        for name in phases:
+            results[name] = run_shell(args, set_dsn + PHASES[name], name)
+            if results[name][2].get("state", "done") != "done":
+                sys.exit(f"{name} did not complete: {results[name][2]}")
     print_table(results, TARGETS)
     for name, (_seconds, _peak, result) in results.items():
         if name.startswith("reconcile"):

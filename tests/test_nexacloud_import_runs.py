@@ -214,6 +214,13 @@ class TestImportAdministratorCheck(ImportRunHelpers, NexacloudSourceCase):
         self.assertIn("not a Fusion Billing administrator", run.error)
         self.assertFalse(self.imported_orders())
 
+    def test_code_running_as_the_superuser_may_import(self):
+        """odoo shell, scripts and server actions run as the superuser, which Odoo keeps archived."""
+        run = self.env[self.Run]._create_queued(False)
+        self.assertTrue(run.user_id._is_superuser())
+        self.run_job()
+        self.assertEqual(run.state, "done", run.error)
+
     def test_an_administrator_real_run_still_runs(self):
         run = self.queue(False, self.billing_admin)
         self.run_job()
