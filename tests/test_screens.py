@@ -26,14 +26,21 @@ class TestImportedNames(NexacloudSourceCase):
         self.assertEqual(alice.display_name, "Alice Martin")
 
     def test_a_rerun_repairs_a_contact_an_earlier_import_doubled(self):
+        """A contact the import created, doubled by the previous importer and edited by nobody since
+        (the identity rules let the import keep only such unshared contacts up to date)."""
         self.run_import()
-        partner, link = self.bakery(), self.env["fusion.billing.account.link"].search([("external_id", "=", sid("u", 2))])
-        # What the previous importer wrote: the company name on the contact and in the link's memory.
+        link = self.env["fusion.billing.account.link"].search([("external_id", "=", sid("u", 6))])  # company only
+        partner = link.partner_id
+        self.assertTrue(link.partner_created)
+        self.assertEqual(partner.display_name, partner.name)
+        # What the previous importer wrote: the company name on the contact, in its sync snapshot and memory.
         partner.company_name = partner.name
-        link.metadata = dict(link.metadata, company_name=partner.name)
-        self.assertEqual(partner.display_name, "Bob's Bakery Ltd., Bob's Bakery Ltd.")
+        link.write({"metadata": dict(link.metadata, company_name=partner.name),
+                    "partner_synced": link._fc_partner_snapshot(partner)})
+        self.assertEqual(partner.display_name, f"{partner.name}, {partner.name}")
         self.run_import()
-        self.assertEqual(partner.display_name, "Bob's Bakery Ltd.")
+        self.assertEqual(partner.display_name, partner.name)
+        self.assertFalse(partner.company_name)
 
     def test_imported_metrics_carry_their_unit_and_precision(self):
         self.run_import()
