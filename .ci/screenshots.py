@@ -46,10 +46,15 @@ class Chromium:
         os.close(to_browser_r)
         os.close(from_browser_w)
         self.buffer, self.next_id, self.session = b"", 0, None
-        target = self.send("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.send("Page.enable")
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            target = self.send("Target.createTarget", url="about:blank")["targetId"]
+            self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            self.send("Page.enable")
+            self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                      mobile=False)
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, method, **params):
         self.next_id += 1
@@ -102,6 +107,11 @@ class Chromium:
             self.send("Browser.close")
         except (RuntimeError, OSError):
             pass
+        for fd in (self.to_browser, self.from_browser):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
