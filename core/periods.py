@@ -52,6 +52,43 @@ def period_bounds(anchor, unit, value, at):
     return add_period(anchor, unit, value, index), add_period(anchor, unit, value, index + 1)
 
 
+def grid_anchor(invoice_date, unit, value, floor):
+    """The billing grid point at or before ``floor`` on the grid through ``invoice_date``.
+
+    Odoo invoices a subscription on its *Date of Next Invoice* and moves that date one billing
+    period on each time, so the periods are ``invoice_date`` ± whole periods. Usage periods
+    follow that grid (they close on the day the invoice that bills them is due): this returns
+    the grid point to anchor them on, at or before ``floor`` (the subscription's start), so
+    ``period_bounds`` can place any later timestamp on the same grid.
+    """
+    invoice_date, floor = _as_date(invoice_date), _as_date(floor)
+    if value < 1:
+        raise ValueError("a billing period lasts at least one unit")
+    count = 0
+    if invoice_date > floor:
+        # Jump close with an estimate (whole units between the two dates), then step exactly.
+        days = {"day": 1, "week": 7, "month": 28, "year": 365}[unit] * value
+        count = -((invoice_date - floor).days // days)
+        while add_period(invoice_date, unit, value, count) > floor:
+            count -= 1
+        while add_period(invoice_date, unit, value, count + 1) <= floor:
+            count += 1
+    else:
+        while add_period(invoice_date, unit, value, count + 1) <= floor:
+            count += 1
+    return add_period(invoice_date, unit, value, count)
+
+
+def unused_fraction(start, end, at):
+    """Share of the period ``[start, end)`` not yet used at ``at`` (a date or datetime), by days:
+    what a prorated credit for the rest of a period paid in advance gives back."""
+    start, end, at = _as_date(start), _as_date(end), _as_date(at)
+    if end <= start:
+        return 0, 1
+    remaining = min(max((end - max(at, start)).days, 0), (end - start).days)
+    return remaining, (end - start).days
+
+
 def periods_between(anchor, unit, value, start, end):
     """Periods (start, end) that overlap ``[start, end)``, in order."""
     current, _ = period_bounds(anchor, unit, value, start)

@@ -50,6 +50,36 @@ def test_period_bounds(anchor, unit, value, at, expected):
     assert periods.period_bounds(anchor, unit, value, at) == expected
 
 
+@pytest.mark.parametrize("invoice_date, unit, value, floor, expected", [
+    # the invoice date itself when it is the start
+    (date(2026, 1, 1), "month", 1, date(2026, 1, 1), date(2026, 1, 1)),
+    # next invoice in the future: stepped back onto the grid at or before the start
+    (date(2026, 12, 1), "month", 1, date(2026, 3, 1), date(2026, 3, 1)),
+    (date(2026, 12, 15), "month", 1, date(2026, 3, 1), date(2026, 2, 15)),  # Stripe's anchor, not the start
+    (date(2026, 12, 15), "month", 3, date(2026, 3, 1), date(2025, 12, 15)),
+    (date(2027, 3, 31), "month", 1, date(2027, 1, 31), date(2027, 1, 31)),  # month ends, clamped from the 31st
+    (date(2030, 5, 10), "year", 1, date(2026, 7, 1), date(2026, 5, 10)),
+    (date(2026, 2, 26), "week", 2, date(2026, 1, 1), date(2026, 1, 1)),
+    # invoice date before the start (a draft dated earlier): stepped forward
+    (date(2026, 1, 10), "month", 1, date(2026, 4, 20), date(2026, 4, 10)),
+])
+def test_grid_anchor_follows_the_next_invoice_date(invoice_date, unit, value, floor, expected):
+    anchor = periods.grid_anchor(invoice_date, unit, value, floor)
+    assert anchor == expected
+    # the invoice date is on the anchor's grid: a period of the anchor starts on it
+    assert invoice_date < anchor or periods.period_bounds(anchor, unit, value, invoice_date)[0] == invoice_date
+
+
+@pytest.mark.parametrize("start, end, at, expected", [
+    (date(2026, 1, 1), date(2026, 2, 1), date(2026, 1, 16), (16, 31)),
+    (date(2026, 1, 1), date(2026, 2, 1), datetime(2026, 1, 1, 9), (31, 31)),
+    (date(2026, 1, 1), date(2026, 2, 1), date(2026, 2, 1), (0, 31)),
+    (date(2026, 1, 1), date(2026, 2, 1), date(2025, 12, 1), (31, 31)),
+])
+def test_unused_fraction(start, end, at, expected):
+    assert periods.unused_fraction(start, end, at) == expected
+
+
 def test_periods_between_and_bad_units():
     assert list(periods.periods_between(date(2026, 1, 1), "month", 1, date(2026, 2, 15), date(2026, 4, 1))) == [
         (date(2026, 2, 1), date(2026, 3, 1)), (date(2026, 3, 1), date(2026, 4, 1))]
