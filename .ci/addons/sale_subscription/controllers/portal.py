@@ -9,7 +9,7 @@ from odoo.addons.portal.controllers.portal import CustomerPortal
 
 class SubscriptionPortal(CustomerPortal):
 
-    @http.route("/my/subscriptions/<int:order_id>/close", type="http", auth="public", methods=["POST"], website=False)
+    @http.route("/my/subscriptions/<int:order_id>/close", type="http", auth="public", methods=["POST"], csrf=False)
     def stand_in_close(self, order_id, access_token=None, close_reason_id=None, **_kw):
         try:
             order = self._document_check_access("sale.order", order_id, access_token=access_token)
