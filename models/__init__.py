@@ -15,6 +15,7 @@ from . import fusion_billing_import_run_line
 from . import res_partner
 from . import sale_subscription_plan
 from . import sale_order
+from . import sale_order_line
 from . import account_move
 from . import account_partial_reconcile
 from . import account_analytic_distribution_model

@@ -23,6 +23,13 @@ class AccountMove(models.Model):
     x_fc_overdue_notified = fields.Boolean(copy=False, help="invoice.payment_overdue was sent to the app.")
     x_fc_payment_status_notified = fields.Char(
         copy=False, help="The Lago payment status last sent in invoice.payment_status_updated (none: pending).")
+    x_fc_delivery_state = fields.Selection(
+        [("pending", "To charge and send"), ("charging", "Charging"), ("done", "Charged and sent"),
+         ("failed", "Card declined")],
+        string="Final Invoice Delivery", copy=False, readonly=True, index="btree_not_null",
+        help="A terminated subscription's final usage invoice is charged to the subscription's saved "
+             "payment method and e-mailed after it is posted, outside the billing run's locks. "
+             "'Charging' left over means the outcome is unknown: check the payment with the provider.")
 
     @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_service_id")
     def _compute_x_fc_service_id(self):
@@ -42,6 +49,7 @@ class AccountMove(models.Model):
     # reversing or paying an app's invoice needs no Fusion Billing right.
     def _post(self, *args, **kwargs):
         posted = super()._post(*args, **kwargs)
+        posted.sudo()._fc_mark_billed()  # code-driven: an accountant posting needs no usage rights
         for move in posted.filtered(lambda m: m.x_fc_service_id and m.is_sale_document()):
             self.env["fusion.billing.webhook"]._enqueue(move.x_fc_service_id, "invoice.created", move)
         return posted
@@ -80,6 +88,23 @@ class AccountMove(models.Model):
         links = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
             [("service_id", "=", self.x_fc_service_id.id), ("partner_id", "=", self.partner_id.id)], limit=2)
         return links if len(links) == 1 else links.browse()
+
+    # ------------------------------------------------------------------ billed once
+    def _fc_mark_billed(self):
+        """An invoice carrying billing-cycle lines was posted: their usage is billed (its invoice
+        line recorded) and the order lines stop being invoiceable, for good."""
+        lines = self.filtered(lambda m: m.move_type == "out_invoice").invoice_line_ids  # (sudo: see _post)
+        sale_lines = lines.sale_line_ids.filtered(lambda l: l.x_fc_line_kind and l.x_fc_pending)
+        if not sale_lines:
+            return
+        usage_lines = {line.x_fc_usage_id: line for line in lines if line.x_fc_usage_id}
+        for sale_line in sale_lines:
+            if sale_line.x_fc_line_kind == "plan_credit" or sale_line.x_fc_usage_id in usage_lines:
+                sale_line.x_fc_pending = False
+        billed = {usage.id: None for usage in usage_lines if usage.state != "billed"}
+        self.env["fusion.billing.usage"]._fc_record_amounts(
+            billed, state="billed", invoice_lines={usage_id: usage_lines[self.env["fusion.billing.usage"].browse(
+                usage_id)].id for usage_id in billed})
 
     # ------------------------------------------------------------------ Lago API
     @api.model
@@ -175,6 +200,10 @@ class _NoQuery(dict):
 
 class AccountMoveLine(models.Model):
     _inherit = "account.move.line"
+
+    # Copied onto credit notes (reversals copy their lines), so what was credited is known per usage row.
+    x_fc_usage_id = fields.Many2one("fusion.billing.usage", string="Usage Period", readonly=True,
+                                    index="btree_not_null", ondelete="set null")
 
     def _api_fee_values(self, usage=None):
         """Lago fee of this invoice line; ``usage`` is the usage row it bills, if any."""

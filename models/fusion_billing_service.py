@@ -286,7 +286,9 @@ class FusionBillingService(models.Model):
 
     def action_activate_subscriptions(self, batch_size=100):
         """Live only: confirm this app's imported draft subscriptions, in batches, attaching the
-        customer's saved payment token when Odoo has one. Idempotent: confirmed ones are skipped."""
+        customer's saved payment token when Odoo has one. Idempotent: confirmed ones are skipped.
+        The app billed the current period: Odoo's first invoice is on the imported next invoice
+        date (the next period's fee, and this period's usage from the cutover on)."""
         self.ensure_one()
         self._fc_check_manager()
         if self.billing_mode != "live":
@@ -308,8 +310,8 @@ class FusionBillingService(models.Model):
                             with_token += 1
                         plan = order.plan_id
                         if plan.x_fc_product_id and plan.x_fc_product_id not in order.order_line.product_id:
-                            order.order_line = [Command.create(plan._fc_base_fee_line_values())]  # imported drafts
-                        order.action_confirm()
+                            order.order_line = [Command.create(plan._fc_base_fee_line_values())]  # older imports
+                        order._fc_activate()
                         order._fc_notify("subscription.updated")
                         confirmed += 1
                 except (UserError, ValidationError) as error:

@@ -42,7 +42,18 @@ class FusionBillingUsage(models.Model):
     amount = fields.Monetary(currency_field="currency_id", help="Rated amount of the period, before tax.")
     currency_id = fields.Many2one(related="subscription_id.currency_id")
     invoice_line_id = fields.Many2one("account.move.line", readonly=True, copy=False, ondelete="set null",
-                                      index="btree_not_null")
+                                      index="btree_not_null", help="The posted invoice line that billed it.")
+    sale_line_id = fields.Many2one(
+        "sale.order.line", string="Order Line", readonly=True, copy=False, ondelete="set null",
+        index="btree_not_null", help="The subscription line that carries it to the native recurring invoice.")
+    move_line_ids = fields.One2many(
+        "account.move.line", "x_fc_usage_id", string="Journal Items", readonly=True,
+        help="Invoice lines billing this usage and the credit-note lines reversing them.")
+    credited_amount = fields.Monetary(
+        string="Credited or Voided", currency_field="currency_id", readonly=True,
+        compute="_compute_credited_amount", store=True,
+        help="Part of the billed amount no longer invoiced: credited by a credit note, or on an invoice "
+             "cancelled or reset to draft. Billed usage is never billed again by itself.")
     quota_notified = fields.Boolean(
         readonly=True, copy=False, help="subscription.usage_threshold_reached was sent: the included quota is used up.")
 
@@ -56,6 +67,17 @@ class FusionBillingUsage(models.Model):
     def _compute_quantity_display(self):
         for usage in self:
             usage.quantity_display = usage.metric_id._fc_format_quantity(usage.quantity) if usage.metric_id else False
+
+    @api.depends("state", "amount", "move_line_ids.parent_state", "move_line_ids.price_subtotal",
+                 "move_line_ids.move_id.move_type")
+    def _compute_credited_amount(self):
+        for usage in self:
+            if usage.state != "billed":
+                usage.credited_amount = 0.0
+                continue
+            net = sum(line.price_subtotal * (-1 if line.move_id.move_type == "out_refund" else 1)
+                      for line in usage.move_line_ids if line.parent_state == "posted")
+            usage.credited_amount = max(usage.currency_id.round(usage.amount - net), 0.0)
 
     @api.depends("metric_id", "period_start")
     def _compute_display_name(self):
@@ -106,22 +128,77 @@ class FusionBillingUsage(models.Model):
             self.browse(usage_id)._fc_check_quota(quantity)
 
     @api.model
-    def _fc_record_amounts(self, amounts, state, invoice_lines=None):
+    def _fc_fold(self, subscription_ids):
+        """Make the usage rows of these subscriptions exact before they are rated.
+
+        The period close calls it for the subscriptions it has claimed, before reading their rows.
+        Ingestion updates the rows in place today, so they are always exact: nothing to do. (The
+        append-only ingestion of issue 14 folds its pending deltas here.)"""
+        return
+
+    @api.model
+    def _fc_close_rows(self, periods_by_order, metric_ids_by_order):
+        """Close one period per subscription: ``periods_by_order`` {order id: (start, end)},
+        ``metric_ids_by_order`` {order id: metric ids it is charged for}. Rows missing for a
+        charged metric are created at 0 (``ON CONFLICT DO NOTHING``: a row a late event created
+        meanwhile is kept), then every open row of those periods is flipped to *closed* in one
+        ``UPDATE … RETURNING``. Returns {order id: {metric id: (usage id, quantity, events)}}.
+
+        The flip locks the rows: an event arriving for one of them waits, then finds it closed and
+        is marked late; one that committed first is in the returned quantity."""
+        if not periods_by_order:
+            return {}
+        self.env.flush_all()
+        now, uid = fields.Datetime.now(), self.env.uid
+        missing = [(order_id, metric_id, start, end) for order_id, (start, end) in periods_by_order.items()
+                   for metric_id in metric_ids_by_order.get(order_id, ())]
+        if missing:
+            self.env.cr.execute(f"""
+                INSERT INTO fusion_billing_usage
+                       (subscription_id, metric_id, period_start, period_end, quantity, events_count, source, state,
+                        service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
+                SELECT v.order_id, v.metric_id, v.start, v.stop, 0, 0, 'events', 'open',
+                       so.x_fc_service_id, so.partner_id, so.company_id, %s, %s, %s, %s
+                  FROM (VALUES {", ".join(["(%s, %s, %s::date, %s::date)"] * len(missing))})
+                       AS v(order_id, metric_id, start, stop)
+                  JOIN sale_order so ON so.id = v.order_id
+                ON CONFLICT (subscription_id, metric_id, period_start) DO NOTHING""",
+                [uid, now, uid, now] + [value for row in missing for value in row])
+        keys = list(periods_by_order.items())
+        self.env.cr.execute(f"""
+            UPDATE fusion_billing_usage usage SET state = 'closed', write_uid = %s, write_date = %s
+              FROM (VALUES {", ".join(["(%s, %s::date)"] * len(keys))}) AS v(order_id, start)
+             WHERE usage.subscription_id = v.order_id AND usage.period_start = v.start AND usage.state = 'open'
+         RETURNING usage.id, usage.subscription_id, usage.metric_id, usage.quantity, usage.events_count""",
+            [uid, now] + [value for order_id, (start, _end) in keys for value in (order_id, start)])
+        rows = {}
+        for usage_id, order_id, metric_id, quantity, events in self.env.cr.fetchall():
+            rows.setdefault(order_id, {})[metric_id] = (usage_id, quantity or 0.0, events or 0)
+        self.invalidate_model()
+        return rows
+
+    @api.model
+    def _fc_record_amounts(self, amounts, state, invoice_lines=None, sale_lines=None):
         """Period close: set many rows' rated amount (``amounts``: id → Decimal, None keeps it),
-        ``state`` and invoice line (``invoice_lines``: id → line id) in one statement."""
+        ``state``, invoice line (``invoice_lines``: id → line id) and order line (``sale_lines``:
+        id → line id) in one statement."""
         if not amounts:
             return
-        invoice_lines = invoice_lines or {}
-        self.flush_model(["amount", "state", "invoice_line_id"])
-        rows = [(usage_id, None if amount is None else str(amount), invoice_lines.get(usage_id))
-                for usage_id, amount in amounts.items()]
+        invoice_lines, sale_lines = invoice_lines or {}, sale_lines or {}
+        self.flush_model(["amount", "state", "invoice_line_id", "sale_line_id"])
+        rows = [(usage_id, None if amount is None else str(amount), invoice_lines.get(usage_id),
+                 sale_lines.get(usage_id)) for usage_id, amount in amounts.items()]
         self.env.cr.execute(f"""
             UPDATE fusion_billing_usage usage
                SET amount = COALESCE(v.amount, usage.amount), state = %s,
-                   invoice_line_id = COALESCE(v.line, usage.invoice_line_id), write_uid = %s, write_date = %s
-              FROM (VALUES {", ".join(["(%s, %s::numeric, %s::int)"] * len(rows))}) AS v(id, amount, line)
+                   invoice_line_id = COALESCE(v.line, usage.invoice_line_id),
+                   sale_line_id = COALESCE(v.sale_line, usage.sale_line_id), write_uid = %s, write_date = %s
+              FROM (VALUES {", ".join(["(%s, %s::numeric, %s::int, %s::int)"] * len(rows))})
+                   AS v(id, amount, line, sale_line)
              WHERE usage.id = v.id""", [state, self.env.uid, fields.Datetime.now()] + [v for row in rows for v in row])
-        self.invalidate_model(["amount", "state", "invoice_line_id", "write_uid", "write_date"])
+        self.invalidate_model(["amount", "state", "invoice_line_id", "sale_line_id", "write_uid", "write_date"])
+        # The raw update bypasses the ORM: recompute what depends on the state.
+        self.browse(list(amounts)).modified(["state", "amount"])
 
     _MERGE_SQL = {
         "count": "usage.quantity + EXCLUDED.quantity",

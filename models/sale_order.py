@@ -1,15 +1,14 @@
 import logging
-import uuid
-from collections import defaultdict
 from html import escape
 from datetime import datetime, time, timedelta
 
 from markupsafe import Markup
 
-from odoo import Command, api, fields, models
+from odoo import api, fields, models
 
 from ..core import errors, lago, money, periods
-from . import batch_jobs
+from ..services.billing_cycle import BillingCycle, last_served_day
+from ..services.subscription_lifecycle import SubscriptionLifecycle
 
 _logger = logging.getLogger(__name__)
 
@@ -41,7 +40,24 @@ class SaleOrder(models.Model):
         help="Usage periods starting before this date are closed (billed, or recorded in shadow).")
     x_fc_usage_due_date = fields.Date(
         string="Next Usage Close", compute="_compute_x_fc_usage_due_date", store=True, index="btree_not_null",
-        help="End of the first open usage period: the period-close cron bills it from that day.")
+        help="End of the first open usage period: it is closed (and billed on the native invoice due "
+             "that day) from that day.")
+    x_fc_period_anchor = fields.Date(
+        string="Billing Grid Anchor", compute="_compute_x_fc_period_anchor", store=True,
+        help="Usage periods follow the native invoicing periods: the grid of the Date of Next Invoice, "
+             "anchored at or before the start.")
+    x_fc_successor_id = fields.Many2one(
+        "sale.order", string="Continued By", readonly=True, copy=False, index="btree_not_null",
+        help="The renewal (or scheduled downgrade) that carries this app subscription on; its start ends this order.")
+    x_fc_billing_issue = fields.Text(
+        string="Billing Issue", readonly=True, copy=False,
+        help="Why the last usage close of this subscription failed. It was set aside (the rest of its batch "
+             "billed) and is retried by every run until it succeeds.")
+    x_fc_billing_issue_at = fields.Datetime(string="Set Aside At", readonly=True, copy=False, index="btree_not_null")
+    x_fc_recent_usage_ids = fields.Many2many(
+        "fusion.billing.usage", string="Recent Usage", compute="_compute_x_fc_recent_usage_ids",
+        help="Usage of the open and the last closed period (all periods: Usage History).")
+    x_fc_usage_count = fields.Integer(string="Usage Periods", compute="_compute_x_fc_recent_usage_ids")
 
     _x_fc_external_uniq = models.UniqueIndex(
         "(x_fc_service_id, x_fc_external_id) WHERE x_fc_external_id IS NOT NULL AND x_fc_terminated_at IS NULL",
@@ -69,28 +85,104 @@ class SaleOrder(models.Model):
                 f"<th class='text-end'>Events</th><th class='text-end'>Amount</th></tr></thead><tbody>{rows}</tbody>"
                 f"<tfoot><tr><th colspan='3'>Total before tax</th><th class='text-end'>{total}</th></tr></tfoot></table>")
 
+    def _fc_portal_usage(self):
+        """The open period's usage for the customer portal (plain values), or None."""
+        self.ensure_one()
+        if not (self.x_fc_service_id and self.plan_id and self.state == "sale") or self._api_status() != "active":
+            return None
+        values = self._fc_usage_values(apply_taxes=False)
+        fmt = lambda cents: self.currency_id.format(float(money.from_minor_units(cents, self.currency_id.decimal_places)))  # noqa: E731
+        return {
+            "period": f"{values['from_datetime']:%Y-%m-%d} to {values['to_datetime'] - timedelta(days=1):%Y-%m-%d}",
+            "rows": [{"name": c["charge"]["invoice_display_name"], "units": lago.units(c["units"]),
+                      "amount": fmt(c["amount_cents"])} for c in values["charges_usage"]],
+            "total": fmt(values["amount_cents"]),
+        }
+
     # ------------------------------------------------------------------ periods
-    @api.depends("x_fc_service_id", "plan_id", "start_date", "x_fc_usage_closed_until", "x_fc_terminated_at", "state")
+    # Usage periods are the native invoicing periods: a period ends on the Date of Next Invoice of
+    # the invoice that bills it (in arrears, next to the fee of the next period, billed in advance).
+    def _fc_start(self):
+        self.ensure_one()
+        return self.start_date or self.date_order.date()
+
+    @api.depends("x_fc_service_id", "next_invoice_date", "start_date", "date_order",
+                 "plan_id.billing_period_unit", "plan_id.billing_period_value")
+    def _compute_x_fc_period_anchor(self):
+        for order in self:
+            plan = order.plan_id
+            if not (order.x_fc_service_id and plan and (order.start_date or order.date_order)):
+                order.x_fc_period_anchor = False
+                continue
+            start = order._fc_start()
+            order.x_fc_period_anchor = periods.grid_anchor(
+                order.next_invoice_date or start, plan.billing_period_unit, plan.billing_period_value, start)
+
+    @api.depends("x_fc_service_id", "plan_id", "x_fc_period_anchor", "x_fc_usage_closed_until",
+                 "x_fc_terminated_at", "state", "subscription_state")
     def _compute_x_fc_usage_due_date(self):
         for order in self:
-            if not (order.x_fc_service_id and order.plan_id and order.is_subscription) or order.state == "cancel":
+            if not (order.x_fc_service_id and order.plan_id and order.is_subscription) or order.state == "cancel" \
+                    or order.subscription_state in ("2_renewal", "7_upsell"):
                 order.x_fc_usage_due_date = False
                 continue
-            _start, end = order._fc_period(order.x_fc_usage_closed_until or order._fc_anchor())
+            closed_until = order.x_fc_usage_closed_until
+            start, end = order._fc_period(closed_until or order._fc_start())
             ended = order.x_fc_terminated_at
-            order.x_fc_usage_due_date = False if ended and order.x_fc_usage_closed_until and \
-                order.x_fc_usage_closed_until > ended.date() else end
+            if ended and datetime.combine(closed_until or start, time.min) >= ended:
+                order.x_fc_usage_due_date = False  # nothing served after the last closed period
+            else:
+                order.x_fc_usage_due_date = min(end, ended.date()) if ended else end
 
     def _fc_anchor(self):
         self.ensure_one()
-        return self.start_date or self.date_order.date()
+        return self.x_fc_period_anchor or self._fc_start()
 
     def _fc_period(self, at=None):
         """(start, end exclusive) of the billing period containing ``at`` (default: now)."""
         self.ensure_one()
         plan = self.plan_id
-        return periods.period_bounds(self._fc_anchor(), plan.billing_period_unit, plan.billing_period_value,
-                                     at or fields.Datetime.now())
+        at = at or fields.Datetime.now()
+        return periods.period_bounds(self._fc_anchor(), plan.billing_period_unit, plan.billing_period_value, at)
+
+    def _fc_last_day(self, period_end):
+        """Last day of the period ending ``period_end`` that this subscription served."""
+        self.ensure_one()
+        return last_served_day(self.x_fc_terminated_at, period_end)
+
+    def _fc_bills_usage(self):
+        """Whether closing this subscription's usage bills it (a live, confirmed subscription) or
+        only records it (shadow service, or a draft not activated yet)."""
+        self.ensure_one()
+        return self.state == "sale" and not self.x_fc_service_id._is_shadow()
+
+    def _fc_usage_carrier(self):
+        """The order whose next native invoice carries this subscription's usage: itself, or the
+        renewal that continues it once it is renewed."""
+        self.ensure_one()
+        successor = self.x_fc_successor_id
+        if successor and successor.state == "sale" and successor.subscription_state in ("3_progress", "4_paused"):
+            return successor
+        return self
+
+    @api.depends("x_fc_usage_ids.period_start")
+    def _compute_x_fc_recent_usage_ids(self):
+        for order in self:
+            rows = order.x_fc_usage_ids
+            order.x_fc_usage_count = len(rows)
+            if not (order.plan_id and order.id and rows):
+                order.x_fc_recent_usage_ids = rows
+                continue
+            current_start = order._fc_period(min(fields.Datetime.now(), order.x_fc_terminated_at or fields.Datetime.now()))[0]
+            plan = order.plan_id
+            cutoff = periods.add_period(current_start, plan.billing_period_unit, plan.billing_period_value, -1)
+            order.x_fc_recent_usage_ids = rows.filtered(lambda u: u.period_start >= cutoff)
+
+    def action_view_usage_history(self):
+        self.ensure_one()
+        action = self.env["ir.actions.act_window"]._for_xml_id("fusion_centralize_billing.fusion_billing_usage_action")
+        action.update(domain=[("subscription_id", "=", self.id)], context={"search_default_group_by_period": 1})
+        return action
 
     # ------------------------------------------------------------------ rating
     def _fc_charges(self):
@@ -166,11 +258,14 @@ class SaleOrder(models.Model):
 
     # ------------------------------------------------------------------ Lago API
     def _api_status(self):
-        """Lago status: shadow drafts count as active, since the app runs them."""
+        """Lago status from the native state: churned (however it was closed) or past its
+        termination is *terminated*, a cancelled order *canceled*, a future start *pending*.
+        Shadow drafts count as active, since the app runs them."""
         self.ensure_one()
-        if self.state == "cancel" and self.x_fc_terminated_at:
+        if self.state == "cancel":
             return "canceled"
-        if self.x_fc_terminated_at:
+        if self.subscription_state == "6_churn" or (
+                self.x_fc_terminated_at and self.x_fc_terminated_at <= fields.Datetime.now()):
             return "terminated"
         if self.start_date and self.start_date > fields.Date.context_today(self):
             return "pending"
@@ -178,12 +273,15 @@ class SaleOrder(models.Model):
 
     @api.model
     def _api_domain(self, service, statuses=("active",)):
-        today = fields.Date.context_today(self)
+        today, now = fields.Date.context_today(self), fields.Datetime.now()
+        running = ["&", ("state", "!=", "cancel"), "&", ("subscription_state", "!=", "6_churn"),
+                   "|", ("x_fc_terminated_at", "=", False), ("x_fc_terminated_at", ">", now)]
         by_status = {
-            "active": ["&", ("x_fc_terminated_at", "=", False), "|", ("start_date", "=", False), ("start_date", "<=", today)],
-            "pending": ["&", ("x_fc_terminated_at", "=", False), ("start_date", ">", today)],
-            "terminated": ["&", ("x_fc_terminated_at", "!=", False), ("state", "!=", "cancel")],
-            "canceled": ["&", ("x_fc_terminated_at", "!=", False), ("state", "=", "cancel")],
+            "active": ["&"] + running + ["|", ("start_date", "=", False), ("start_date", "<=", today)],
+            "pending": ["&"] + running + [("start_date", ">", today)],
+            "terminated": ["&", ("state", "!=", "cancel"), "|", ("subscription_state", "=", "6_churn"),
+                           "&", ("x_fc_terminated_at", "!=", False), ("x_fc_terminated_at", "<=", now)],
+            "canceled": [("state", "=", "cancel")],
         }
         unknown = set(statuses or ()) - set(by_status)
         if unknown:
@@ -191,7 +289,9 @@ class SaleOrder(models.Model):
         status_domain = []
         for status in statuses or by_status:
             status_domain = (["|"] + status_domain if status_domain else []) + by_status[status]
-        return [("x_fc_service_id", "=", service.id), ("is_subscription", "=", True)] + status_domain
+        # Renewal quotations and upsell orders are Odoo's own steps, not the app's subscriptions.
+        return [("x_fc_service_id", "=", service.id), ("is_subscription", "=", True),
+                ("subscription_state", "not in", ("2_renewal", "7_upsell"))] + status_domain
 
     @api.model
     def _api_find(self, service, external_id, statuses=("active",)):
@@ -200,7 +300,8 @@ class SaleOrder(models.Model):
 
     @api.model
     def _api_create_subscription(self, service, clean):
-        """Lago ``POST /subscriptions``: idempotent on external id; another plan switches plans.
+        """Lago ``POST /subscriptions``: idempotent on external id; another plan is an upgrade
+        (at once, with a prorated credit) or a downgrade (at the end of the paid period).
 
         Unknown customers are created on the fly (as Lago does). In shadow mode the order
         stays a draft quotation; in live mode it is confirmed, which starts native billing.
@@ -212,208 +313,87 @@ class SaleOrder(models.Model):
             [("x_fc_service_id", "=", service.id), ("x_fc_plan_code", "=", clean["plan_code"])], limit=1)
         if not plan:
             raise errors.NotFound("plan")
-        current = self._api_find(service, clean["external_id"], statuses=("active", "pending"))
+        current = self._api_find(service, clean["external_id"]) or \
+            self._api_find(service, clean["external_id"], statuses=("pending",))
         if current and current.x_fc_account_link_id != link:
             raise errors.Invalid({"external_id": ["value_already_exist"]})
-        if current and current.plan_id == plan:
-            return current
-        previous_code = current.plan_id.x_fc_plan_code if current else False
-        if current:
-            current._api_terminate()
-        start = clean.get("subscription_at")
-        order = self.create({
-            "partner_id": link.partner_id.id,
-            "company_id": service.company_id.id,
-            "pricelist_id": service._fc_pricelist().id,
-            "plan_id": plan.id,
-            "x_fc_service_id": service.id,
-            "x_fc_account_link_id": link.id,
-            "x_fc_external_id": clean["external_id"],
-            "x_fc_previous_plan_code": previous_code,
-            "client_order_ref": clean.get("name") or False,
-            "start_date": start.date() if start else fields.Date.context_today(self),
-            "end_date": clean["ending_at"].date() if clean.get("ending_at") else False,
-            "order_line": [Command.create(plan._fc_base_fee_line_values())] if plan.x_fc_product_id else [],
-        })
-        if not service._is_shadow():
-            order.action_confirm()
-        order._fc_notify("subscription.started")
-        return order
+        lifecycle = SubscriptionLifecycle(self.env)
+        if not current:
+            return lifecycle.start(service, link, plan, clean)
+        if current.plan_id == plan or current.x_fc_successor_id.plan_id == plan:
+            return current  # a retry (or the downgrade already scheduled)
+        return lifecycle.change_plan(current, plan, clean)
 
     def _api_terminate(self, on_termination_invoice="generate"):
-        """Lago ``DELETE /subscriptions/{id}``: terminate (or cancel a pending one).
-
-        Live: the native subscription is closed; shadow: only marked terminated, nothing
-        is confirmed, cancelled on the customer's side, invoiced or charged.
-        """
-        for order in self:
-            pending = order._api_status() == "pending"
-            order.x_fc_terminated_at = fields.Datetime.now()
-            order.flush_recordset(["x_fc_terminated_at"])
-            if pending:
-                order.with_context(disable_cancel_warning=True).action_cancel()
-            elif not order.x_fc_service_id._is_shadow() and order.subscription_state in ("3_progress", "4_paused"):
-                order.set_close()
-            if on_termination_invoice != "skip":
-                order._fc_bill_termination()
-            order._fc_notify("subscription.terminated")
+        """Lago ``DELETE /subscriptions/{id}``: close natively (live), cancel a pending one, bill
+        the final period at once. Terminating a terminated subscription changes nothing."""
+        SubscriptionLifecycle(self.env).terminate(self, bill=on_termination_invoice != "skip")
         return True
 
-    def _fc_bill_termination(self):
-        """Close the period cut short by termination now (as Lago bills a terminated subscription at once)."""
-        for order in self.filtered("x_fc_usage_due_date"):
-            order._fc_close_due_periods(until=fields.Date.context_today(order), include_current=True)
+    # ------------------------------------------------------------------ native lifecycle
+    def write(self, vals):
+        if "subscription_state" not in vals:
+            return super().write(vals)
+        before = {order.id: order.subscription_state for order in self if order.x_fc_service_id}
+        res = super().write(vals)
+        changed = self.filtered(lambda o: o.id in before and o.subscription_state != before[o.id])
+        if changed:
+            SubscriptionLifecycle(self.env).follow(changed)
+        return res
 
-    # ------------------------------------------------------------------ period close
+    def action_confirm(self, *args, **kwargs):
+        res = super().action_confirm(*args, **kwargs)
+        SubscriptionLifecycle(self.env).adopt_app_ids(self)
+        return res
+
+    def _prepare_upsell_renew_order_values(self, *args, **kwargs):
+        values = super()._prepare_upsell_renew_order_values(*args, **kwargs)
+        if self.x_fc_service_id and isinstance(values, dict):
+            # The quotation belongs to the app's customer account; the external id follows on confirmation.
+            values.update(x_fc_service_id=self.x_fc_service_id.id, x_fc_account_link_id=self.x_fc_account_link_id.id)
+        return values
+
+    def _fc_activate(self):
+        """Confirm an imported draft at cutover. The app billed the current period (in advance), so
+        Odoo invoices nothing before the imported Date of Next Invoice, and earlier usage periods
+        were the app's to bill."""
+        self.ensure_one()
+        imported_next = self.next_invoice_date
+        self.action_confirm()
+        if imported_next and self.next_invoice_date != imported_next:
+            self.next_invoice_date = imported_next
+        current_start = self._fc_period()[0]
+        if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < current_start:
+            self.x_fc_usage_closed_until = current_start
+
+    # ------------------------------------------------------------------ native recurring invoicing
+    def _create_recurring_invoice(self, *args, **kwargs):
+        """Odoo's recurring run: first close the usage of the subscriptions it is about to invoice,
+        so that it rides on their invoice (lines only; no invoice of our own)."""
+        if not BillingCycle(self.env).before_recurring_invoicing(self):
+            return self.env["account.move"]  # out of time: the scheduled action runs again and resumes
+        return super()._create_recurring_invoice(*args, **kwargs)
+
+    def _get_invoiceable_lines(self, *args, **kwargs):
+        lines = super()._get_invoiceable_lines(*args, **kwargs)
+        return lines.filtered(lambda line: not line.x_fc_line_kind or line.x_fc_pending)
+
+    def _get_update_prices_lines(self, *args, **kwargs):
+        return super()._get_update_prices_lines(*args, **kwargs).filtered(lambda line: not line.x_fc_line_kind)
+
     @api.model
     def _cron_close_usage_periods(self, batch_size=200):
-        """Close every usage period that has ended, a batch of subscriptions at a time.
-
-        Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several workers share the work
-        without ever closing one subscription twice; each batch commits, so a crash
-        resumes where it stopped and never bills a period twice.
-        """
-        today = fields.Date.context_today(self)
-        conflicts = 0
-        while True:
-            orders = self.browse(batch_jobs.claim(self.env, """
-                SELECT id FROM sale_order
-                 WHERE x_fc_usage_due_date <= %s
-                 ORDER BY x_fc_usage_due_date, partner_id, id  -- a customer's subscriptions together
-                 LIMIT %s FOR UPDATE SKIP LOCKED""", (today, batch_size)))
-            if not orders:
-                return
-            try:
-                orders._fc_close_due_periods(until=today)
-                if not batch_jobs.commit_batch(self.env, len(orders)):
-                    return  # out of time: the next run resumes here
-                conflicts = 0
-            except batch_jobs.CONFLICTS as error:  # e.g. both workers invoicing one new customer
-                conflicts = batch_jobs.retry_after_conflict(self.env, error, conflicts)
-                _logger.warning("Period close: batch rolled back after a conflict with another worker, "
-                                "claiming it again: %s", str(error).strip())
-
-    def _fc_close_due_periods(self, until, include_current=False):
-        """Close these subscriptions' periods that ended by ``until`` (and the current one if asked).
-
-        Each round closes the oldest open period of every subscription still due, all billed
-        together; a subscription several periods behind catches up over several rounds.
-        """
-        moves = self.env["account.move"]
-        due = self
-        while due := due.filtered(lambda o: o.x_fc_usage_due_date and (o.x_fc_usage_due_date <= until or include_current)):
-            bounds = {order: order._fc_period(order.x_fc_usage_closed_until or order._fc_anchor()) for order in due}
-            moves |= due._fc_close_periods(bounds)
-            for end in {end for _start, end in bounds.values()}:
-                due.filtered(lambda o: bounds[o][1] == end).write({"x_fc_usage_closed_until": end})
-            include_current = False
-        return moves
-
-    def _fc_close_periods(self, bounds):
-        """Rate one period per subscription (``bounds``: order → (start, end)); in live mode bill
-        each on its service's own invoice, in shadow only record it. Returns the posted invoices."""
-        usage_model = self.env["fusion.billing.usage"]
-        rated = {order: order._fc_rated_usage(bounds[order][0]) for order in self}
-        missing = [(order, charge) for order in self for charge, usage, _rating in rated[order] if not usage]
-        created = iter(usage_model.create([{
-            "subscription_id": order.id, "metric_id": charge.metric_id.id,
-            "period_start": bounds[order][0], "period_end": bounds[order][1],
-        } for order, charge in missing]))
-        rated = {order: [(charge, usage or next(created), rating) for charge, usage, rating in rows]
-                 for order, rows in rated.items()}
-        usage_model._fc_record_amounts({usage.id: rating.amount for rows in rated.values()
-                                        for _charge, usage, rating in rows}, state="closed")
-        billable = {order: [row for row in rows if row[2].amount_minor] for order, rows in rated.items()
-                    if not order.x_fc_service_id._is_shadow()}
-        return self.filtered(lambda order: billable.get(order))._fc_invoice_usage(bounds, billable)
+        """Close what the native recurring run does not invoice (shadow, drafts, final periods,
+        set-aside subscriptions), then charge and e-mail the final invoices."""
+        cycle = BillingCycle(self.env)
+        if cycle.close_outside_native_run(batch_size=batch_size):
+            cycle.deliver_final_invoices()
 
     @api.model
     def _fc_tracked_computed_fields(self):
         """Stored computed fields of an order that its chatter tracks (its totals among them)."""
         return [name for name, field in self._fields.items()
                 if field.store and field.compute and getattr(field, "tracking", None)]
-
-    # Odoo's invoice creation slows down per invoice when too many are created in one call.
-    _FC_INVOICE_CHUNK = 50
-
-    def _fc_invoice_usage(self, bounds, rated):
-        """Bill the rated usage the native way: usage order lines invoiced on the service's own
-        invoice. Subscriptions of one customer closing on the same day share an invoice, grouped
-        as Odoo's own invoicing groups orders (``_get_invoice_grouping_keys``) and as Lago does;
-        invoices are created a chunk at a time, then all posted."""
-        if not self:
-            return self.env["account.move"]
-        today = fields.Date.context_today(self)
-        self = self.with_context(fc_distribution_memo={})  # analytic defaults, looked up once per batch
-        to_bill = [(order, charge, usage, rating) for order in self for charge, usage, rating in rated[order]]
-        products = {charge: charge._fc_product() for charge in {row[1] for row in to_bill}}
-        # The usage lines and their invoices are the record of what was billed: the orders'
-        # totals are recomputed without logging a tracked "Total" change on every subscription.
-        untracked = self.with_context(tracking_disable=True)
-        order_lines = untracked.env["sale.order.line"].with_context(sale_no_log_for_new_lines=True).create([{
-            "order_id": order.id,
-            "product_id": products[charge].id,
-            "name": charge._fc_invoice_label(rating, bounds[order][0], bounds[order][1] - timedelta(days=1)),
-            "product_uom_qty": 1,
-            "price_unit": float(rating.amount),
-            "sequence": 1000,
-        } for order, charge, _usage, rating in to_bill])
-        untracked._recompute_recordset(self._fc_tracked_computed_fields())
-        billed = defaultdict(list)  # order → [(usage, order line)]
-        for (order, _charge, usage, _rating), line in zip(to_bill, order_lines):
-            billed[order].append((usage, line))
-        groups = defaultdict(lambda: self.browse())
-        for order in self:
-            key = (order.x_fc_service_id, min(bounds[order][1], today)) + tuple(
-                order[name] for name in order._get_invoice_grouping_keys())
-            groups[key] |= order
-        move_values = [self._fc_usage_invoice_values(orders, invoice_date, billed)
-                       for (_service, invoice_date, *_rest), orders in groups.items()]
-        moves = self.env["account.move"]
-        for i in range(0, len(move_values), self._FC_INVOICE_CHUNK):
-            chunk = self.env["account.move"].sudo().with_context(mail_create_nolog=True).create(
-                move_values[i:i + self._FC_INVOICE_CHUNK])
-            invoice_line_of = {sale_line: line for line in chunk.invoice_line_ids for sale_line in line.sale_line_ids}
-            usage_lines = {usage.id: invoice_line_of[line].id for order in chunk.invoice_line_ids.sale_line_ids.order_id
-                           for usage, line in billed[order]}
-            self.env["fusion.billing.usage"]._fc_record_amounts(
-                dict.fromkeys(usage_lines), state="billed", invoice_lines=usage_lines)
-            moves |= chunk
-        # Posting numbers the invoices, which locks the journal's sequence until the batch
-        # commits (other workers' posting waits): post last, with everything else written.
-        self.env.flush_all()
-        moves.action_post()
-        return moves
-
-    @api.model
-    def _fc_usage_invoice_values(self, orders, invoice_date, billed):
-        """Values of one usage invoice for ``orders`` (same customer, service and day), as
-        ``sale.order._create_invoices`` merges grouped orders."""
-        values = orders[0]._prepare_invoice()
-        values.update({
-            "x_fc_service_id": orders[0].x_fc_service_id.id,
-            "invoice_date": invoice_date,
-            "access_token": str(uuid.uuid4()),  # the portal link in the invoice.created webhook
-            "invoice_origin": ", ".join(orders.mapped("name")),
-            "ref": ", ".join(dict.fromkeys(order.client_order_ref or order.name for order in orders))[:2000],
-            "payment_reference": orders[0].reference if len(set(orders.mapped("reference"))) == 1 else False,
-            "invoice_line_ids": [Command.create(self._fc_usage_invoice_line_values(line))
-                                 for order in orders for _usage, line in billed[order]],
-        })
-        return values
-
-    @api.model
-    def _fc_usage_invoice_line_values(self, sale_line):
-        """Invoice line of a usage order line. In the company's currency its journal amount is
-        given as the tax sync will compute it (minus the untaxed subtotal), which spares Odoo
-        rewriting every line after creating it; a differing amount (e.g. a tax included in the
-        price) is still corrected by that sync."""
-        values = sale_line._prepare_invoice_line(quantity=1)
-        currency = sale_line.currency_id
-        if currency == sale_line.company_id.currency_id:
-            subtotal = values["price_unit"] * values["quantity"] * (1 - (values["discount"] or 0.0) / 100)
-            values["balance"] = values["amount_currency"] = -currency.round(subtotal)
-        return values
 
     def _api_values(self, with_plan=False):
         self.ensure_one()
@@ -422,7 +402,9 @@ class SaleOrder(models.Model):
         status = self._api_status()
         period_start, period_end = self._fc_period(min(now, self.x_fc_terminated_at or now)) \
             if status in ("active", "terminated") else (None, None)
-        start = datetime.combine(self._fc_anchor(), time.min)
+        start = datetime.combine(self._fc_start(), time.min)
+        successor = self.x_fc_successor_id
+        next_plan = successor.plan_id if successor and successor.plan_id != plan and status == "active" else False
         values = {
             "lago_id": str(self.id),
             "external_id": self.x_fc_external_id,
@@ -442,8 +424,8 @@ class SaleOrder(models.Model):
             "canceled_at": self.x_fc_terminated_at if status == "canceled" else None,
             "created_at": self.create_date,
             "previous_plan_code": self.x_fc_previous_plan_code or None,
-            "next_plan_code": None,
-            "downgrade_plan_date": None,
+            "next_plan_code": next_plan.x_fc_plan_code if next_plan else None,
+            "downgrade_plan_date": self.x_fc_successor_id.start_date if next_plan else None,
             "current_billing_period_started_at": datetime.combine(period_start, time.min) if period_start else None,
             "current_billing_period_ending_at": datetime.combine(period_end, time.min) if period_end else None,
         }

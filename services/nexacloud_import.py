@@ -414,6 +414,7 @@ class ImportRun:
         pricelists = {currency: self.service._fc_pricelist(currency).id
                       for currency in {plan._fc_currency() for plan in plan_records}}
         self.pricelist_of = {plan.id: pricelists[plan._fc_currency()] for plan in plan_records}
+        self.base_fee_line = {plan.id: plan._fc_base_fee_line_values() for plan in plan_records if plan.x_fc_product_id}
         for chunk in batches(rows):
             planned = []
             for row in chunk:
@@ -470,8 +471,11 @@ class ImportRun:
         self.subs.pop(sub_id, None)
 
     def _order_values(self, sub_id, wanted, plan):
+        # The plan's base-fee line, priced by its native recurring price: the draft shows what Odoo
+        # will bill, and is billable only once activated.
         values = dict(wanted, x_fc_service_id=self.service.id, x_fc_external_id=sub_id,
-                      company_id=self.service.company_id.id, pricelist_id=self.pricelist_of[plan.id])
+                      company_id=self.service.company_id.id, pricelist_id=self.pricelist_of[plan.id],
+                      order_line=[Command.create(self.base_fee_line[plan.id])] if plan.id in self.base_fee_line else [])
         if self.env.context.get("fusion_billing_dry_run"):
             values["name"] = "/"  # no sequence number is consumed by a dry run
         return values
@@ -479,7 +483,7 @@ class ImportRun:
     def _create_subs(self, items):
         orders = self.env["sale.order"].create([self._order_values(sub_id, wanted, plan)
                                                 for sub_id, (wanted, plan) in items])
-        anchors = [wanted["start_date"] or order.date_order.date() for (_s, (wanted, _p)), order in zip(items, orders)]
+        anchors = [order._fc_anchor() for order in orders]
 
         def remember():
             self.count("subscriptions", "created", len(orders))
@@ -494,10 +498,11 @@ class ImportRun:
             diff = _diff(current, wanted)
             order = Order.browse(current["id"])
             if diff:
-                if "plan_id" in diff:  # the new plan's base fee is added when the subscription is activated
-                    diff["order_line"] = [Command.unlink(line.id) for line in order.order_line]
+                if "plan_id" in diff:  # the new plan's base fee replaces the old one's
+                    diff["order_line"] = [Command.unlink(line.id) for line in order.order_line] + (
+                        [Command.create(self.base_fee_line[plan.id])] if plan.id in self.base_fee_line else [])
                 order.write(diff)
-            outcomes.append((sub_id, order.id, wanted["start_date"] or order.date_order.date(), plan.id, bool(diff)))
+            outcomes.append((sub_id, order.id, order._fc_anchor(), plan.id, bool(diff)))
 
         def remember():
             for sub_id, order_id, anchor, plan_id, changed in outcomes:

@@ -3,6 +3,7 @@ from . import test_security
 from . import test_identity
 from . import test_api
 from . import test_usage_billing
+from . import test_billing_cycle
 from . import test_webhooks
 from . import test_nexacloud_import
 from . import test_nexacloud_import_runs

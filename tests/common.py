@@ -2,6 +2,7 @@ import json
 import uuid
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import partial
 from unittest.mock import patch
 
@@ -13,6 +14,8 @@ from odoo.orm.environments import Transaction
 from odoo.sql_db import db_connect
 from odoo.tests import HttpCase, TransactionCase, new_test_user
 from odoo.tools import config
+
+from freezegun import freeze_time
 
 from odoo.addons.fusion_centralize_billing.core import nexacloud_sample
 
@@ -150,6 +153,98 @@ class FusionBillingApiCase(FusionBillingFixtures, HttpCase):
                                  method=method, timeout=30)
         self.env.invalidate_all()
         return response
+
+
+def ts(*args):
+    """Unix timestamp of a UTC date and time (Lago events)."""
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+
+
+class UsageBillingFixtures:
+    """A live service on the Pro plan (49.00 a month) with HST on the plan fee and on its two usage
+    charges: bandwidth (100 GB included, then 0.05 a GB) and API calls (2.00 per started pair)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.hst = cls.env["account.tax"].create({
+            "name": "HST 13%", "amount": 13, "amount_type": "percent", "type_tax_use": "sale",
+            "company_id": cls.env.company.id})
+        cls.usage_product = cls.env["product.product"].create({
+            "name": "NexaCloud usage", "type": "service", "taxes_id": [Command.set(cls.hst.ids)]})
+        cls.base_product.taxes_id = [Command.set(cls.hst.ids)]
+        cls.charge.product_id = cls.usage_product
+        cls.metric_calls = cls.env["fusion.billing.metric"].create({
+            "service_id": cls.service.id, "name": "API calls", "code": "api_calls", "aggregation": "count"})
+        cls.charge_calls = cls.env["fusion.billing.charge"].create({
+            "service_id": cls.service.id, "plan_id": cls.plan.id, "plan_code": "pro", "metric_id": cls.metric_calls.id,
+            "charge_model": "package", "properties": {"amount": "2", "package_size": 2, "free_units": 0},
+            "product_id": cls.usage_product.id,
+        })
+        cls.service.billing_mode = "live"
+
+    # ------------------------------------------------------------------ the app's calls
+    def subscribe(self, external_id="sub_jan", customer="cus_jan", plan_code="pro", day="2025-01-01"):
+        """``POST /subscriptions`` on ``day`` (the subscription starts that day)."""
+        with freeze_time(day):
+            response = self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": customer, "plan_code": plan_code, "external_id": external_id}})
+        self.assertEqual(response.status_code, 200, response.text)
+        return self.env["sale.order"].browse(int(response.json()["subscription"]["lago_id"]))
+
+    def push_january(self, external_id="sub_jan", prefix=""):
+        """250 GB (7.50 above the quota) and 5 API calls (6.00) in January 2025: 13.50 before tax."""
+        events = [{"transaction_id": f"{prefix}bw{i}", "external_subscription_id": external_id, "code": "bandwidth_gb",
+                   "timestamp": ts(2025, 1, 10 + i), "properties": {"gb": gb}}
+                  for i, gb in enumerate((100, "120.5", "29.5"))]
+        events += [{"transaction_id": f"{prefix}call{i}", "external_subscription_id": external_id,
+                    "code": "api_calls", "timestamp": ts(2025, 1, 20, 12, i)} for i in range(5)]
+        response = self.api("POST", "events/batch", {"events": events})
+        self.assertEqual(response.status_code, 200, response.text)
+
+    def push(self, external_id, transaction_id, when, gb):
+        response = self.api("POST", "events", {"event": {
+            "transaction_id": transaction_id, "external_subscription_id": external_id, "code": "bandwidth_gb",
+            "timestamp": ts(*when), "properties": {"gb": gb}}})
+        self.assertEqual(response.status_code, 200, response.text)
+        return response.json()["event"]
+
+    # ------------------------------------------------------------------ Odoo's scheduled actions
+    def recurring(self, day):
+        """The native scheduled action "generate recurring invoices and payments" on ``day``."""
+        with freeze_time(day):
+            self.env["sale.order"]._cron_recurring_create_invoice()
+        self.env.invalidate_all()
+
+    def close(self, day):
+        """Our usage job (shadow services, final periods, set-aside subscriptions) on ``day``."""
+        with freeze_time(day):
+            self.env["sale.order"]._cron_close_usage_periods()
+        self.env.invalidate_all()
+
+    # ------------------------------------------------------------------ payments (Stripe is never called)
+    def stripe_token(self, partner):
+        provider = self.env.ref("payment.payment_provider_stripe")
+        provider.write({"state": "test", "stripe_secret_key": "sk_test_fusion", "stripe_publishable_key": "pk_test_fusion"})
+        return self.env["payment.token"].create({
+            "provider_id": provider.id, "payment_method_id": self.env.ref("payment.payment_method_card").id,
+            "partner_id": partner.id, "provider_ref": "cus_test", "stripe_payment_method": "pm_test",
+            "payment_details": "4242"})
+
+    @contextmanager
+    def card_answers(self, outcome):
+        """What the card network answers to every charge: ``done`` or ``declined``."""
+        def answer(tx):
+            if outcome == "done":
+                tx._set_done()
+            else:
+                tx._set_error("Your card was declined.")
+        with patch.object(type(self.env["payment.transaction"]), "_send_payment_request", answer):
+            yield
+
+
+class UsageBillingCase(UsageBillingFixtures, FusionBillingApiCase):
+    """API, usage and the native recurring run together."""
 
 
 class NexacloudSource:

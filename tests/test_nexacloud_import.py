@@ -174,7 +174,9 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertEqual(first.x_fc_source_status, "active")
         self.assertEqual(first.plan_id.x_fc_plan_code, "starter")
         self.assertEqual(first.plan_id.x_fc_amount, 19.0)
-        self.assertFalse(first.order_line, "the base fee line is added on activation")
+        self.assertEqual((first.order_line.product_id, first.order_line.price_unit, first.amount_untaxed),
+                         (first.plan_id.x_fc_product_id, 19.0, 19.0),
+                         "the draft shows its plan's price (not billable: never confirmed in shadow)")
         self.assertEqual(str(first.start_date), "2026-11-01")
         usd = orders.filtered(lambda o: o.x_fc_external_id == sid("s", 5))
         self.assertEqual(usd.currency_id.name, "USD")

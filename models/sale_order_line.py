@@ -1,0 +1,43 @@
+from odoo import api, fields, models
+
+USAGE, PLAN_CREDIT = "usage", "plan_credit"
+
+
+class SaleOrderLine(models.Model):
+    """Lines the billing cycle adds to a subscription: a usage charge's amount for a closed period,
+    or the prorated credit of a plan upgrade. They are one-shot lines that the native recurring
+    invoice picks up, and they are invoiceable only while *pending*: once an invoice carrying them
+    is posted they never become invoiceable again, whatever happens to that invoice afterwards
+    (credit note, cancellation, reset to draft), unlike Community's quantity-based rule."""
+
+    _inherit = "sale.order.line"
+
+    x_fc_line_kind = fields.Selection(
+        [(USAGE, "Usage"), (PLAN_CREDIT, "Plan change credit")], string="Billing Line",
+        readonly=True, copy=False, index="btree_not_null",
+        help="Added by the billing cycle; priced by it, never by the pricelist.")
+    x_fc_charge_id = fields.Many2one("fusion.billing.charge", string="Usage Charge", readonly=True, copy=False)
+    x_fc_usage_id = fields.Many2one(
+        "fusion.billing.usage", string="Usage Period", readonly=True, copy=False, index="btree_not_null",
+        help="The usage row this line bills (while pending) or billed last: one line per charge is "
+             "reused period after period, so the order shows the latest usage, not its history.")
+    x_fc_pending = fields.Boolean(
+        string="Awaiting Invoice", readonly=True, copy=False,
+        help="Billed on the subscription's next invoice; cleared once an invoice carrying it is posted.")
+
+    @api.depends("x_fc_pending", "x_fc_line_kind")
+    def _compute_qty_to_invoice(self):
+        res = super()._compute_qty_to_invoice()
+        for line in self.filtered("x_fc_line_kind"):
+            line.qty_to_invoice = line.product_uom_qty if line.x_fc_pending and line.state == "sale" else 0.0
+        return res
+
+    def _compute_price_unit(self):
+        # The billing cycle prices its lines (a rated amount, a prorated credit): the pricelist never does.
+        return super(SaleOrderLine, self.filtered(lambda line: not line.x_fc_line_kind))._compute_price_unit()
+
+    def _prepare_invoice_line(self, **optional_values):
+        values = super()._prepare_invoice_line(**optional_values)
+        if self.x_fc_line_kind == USAGE and self.x_fc_usage_id:
+            values["x_fc_usage_id"] = self.x_fc_usage_id.id
+        return values
