@@ -196,7 +196,8 @@ class BillingApi(http.Controller):
         query = self._query()
         page, per_page = lago.parse_pagination(query.to_dict(flat=False))
         periods = subscription._fc_past_usage_values(
-            metric_code=query.get("billable_metric_code"), periods_count=query.get("periods_count"))
+            metric_code=query.get("billable_metric_code"),
+            periods_count=lago.parse_positive_int(query.get("periods_count"), "periods_count"))
         chunk = periods[(page - 1) * per_page: page * per_page]
         return {"usage_periods": [lago.usage_period(p) for p in chunk],
                 "meta": lago.meta(page, per_page, len(periods))}
@@ -315,12 +316,12 @@ class BillingApi(http.Controller):
 
     def _invoice_page(self, service, external_customer_id=None):
         move_model = request.env["account.move"]
-        domain = move_model._api_domain(service, self._query(), external_customer_id)
+        domain = move_model._api_domain(service, external_customer_id, **lago.invoice_filters(self._query()))
         return self._page(move_model, domain, lambda move: lago.invoice(move._api_values()), "invoices",
                           order="invoice_date desc, id desc")
 
     def _invoice(self, service, lago_id):
-        move = request.env["account.move"]._api_find(service, lago_id)
+        move = request.env["account.move"]._api_find(service, int(lago_id)) if lago_id.isdigit() else None
         if not move:
             raise lago.not_found("invoice")
         return move

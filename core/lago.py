@@ -340,6 +340,29 @@ def validate_batch(payload, now, max_events=MAX_BATCH_EVENTS):
 
 
 # ---------------------------------------------------------------------------- pagination
+def parse_positive_int(value, key):
+    """An optional positive integer query parameter (``None`` when absent); junk → 422."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise validation({key: ["value_is_invalid"]})
+    return int(text)
+
+
+def invoice_filters(query):
+    """Invoice list filters of a query string (a multidict) → plain keyword values for the model:
+    Lago status and payment status names, issuing dates."""
+    return {
+        "statuses": query.getlist("statuses[]") or query.getlist("status"),
+        "payment_statuses": query.getlist("payment_statuses[]") or query.getlist("payment_status"),
+        "issuing_date_from": parse_date_param(query["issuing_date_from"], "issuing_date_from")
+        if query.get("issuing_date_from") else None,
+        "issuing_date_to": parse_date_param(query["issuing_date_to"], "issuing_date_to")
+        if query.get("issuing_date_to") else None,
+    }
+
+
 def parse_pagination(query, default_per_page=DEFAULT_PER_PAGE, max_per_page=MAX_PER_PAGE):
     """``page``/``per_page`` from a dict of lists (or values) → (page ≥ 1, 1 ≤ per_page ≤ max); junk → 422."""
     def read(key, default):

@@ -108,30 +108,30 @@ class AccountMove(models.Model):
 
     # ------------------------------------------------------------------ Lago API
     @api.model
-    def _api_domain(self, service, query, external_customer_id=None):
+    def _api_domain(self, service, external_customer_id=None, statuses=(), payment_statuses=(),
+                    issuing_date_from=None, issuing_date_to=None):
+        """The service's invoices and credit notes, filtered by plain values: Lago status and payment
+        status names (lists), issuing dates (``date``) and the app's customer id."""
         domain = [("x_fc_service_id", "=", service.id), ("move_type", "in", ("out_invoice", "out_refund"))]
         if external_customer_id:  # that account's subscriptions only (a contact may be shared by accounts)
             links = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
                 [("service_id", "=", service.id), ("external_id", "=", external_customer_id)])
             domain.append(("x_fc_account_link_id", "in", links.ids))
-        statuses = query.getlist("statuses[]") or query.getlist("status")
         if statuses:
-            states = [state for state, name in LAGO_STATUS.items() if name in statuses]
-            domain.append(("state", "in", states))
-        payment_statuses = query.getlist("payment_statuses[]") or query.getlist("payment_status")
+            domain.append(("state", "in", [state for state, name in LAGO_STATUS.items() if name in statuses]))
         if payment_statuses:
-            states = [state for state, name in LAGO_PAYMENT_STATUS.items() if name in payment_statuses]
-            domain.append(("payment_state", "in", states))
-        for bound, operator in (("issuing_date_from", ">="), ("issuing_date_to", "<=")):
-            if query.get(bound):
-                domain.append(("invoice_date", operator, lago.parse_date_param(query[bound], bound)))
+            domain.append(("payment_state", "in", [state for state, name in LAGO_PAYMENT_STATUS.items()
+                                                   if name in payment_statuses]))
+        if issuing_date_from:
+            domain.append(("invoice_date", ">=", issuing_date_from))
+        if issuing_date_to:
+            domain.append(("invoice_date", "<=", issuing_date_to))
         return domain
 
     @api.model
-    def _api_find(self, service, lago_id):
-        if not str(lago_id).isdigit():
-            return self.browse()
-        return self.search(self._api_domain(service, _NoQuery()) + [("id", "=", int(lago_id))], limit=1)
+    def _api_find(self, service, invoice_id):
+        """The service's invoice of id ``invoice_id`` (an int), or an empty recordset."""
+        return self.search(self._api_domain(service) + [("id", "=", invoice_id)], limit=1)
 
     def _api_render_pdf(self):
         """Render the invoice PDF the native way (its portal URL serves it) and tell the app."""
@@ -189,13 +189,6 @@ class AccountMove(models.Model):
                 [("invoice_line_id", "in", lines.ids)])}
             values["fees"] = [line._api_fee_values(usage_of.get(line)) for line in lines]
         return values
-
-
-class _NoQuery(dict):
-    """An empty query-string multidict."""
-
-    def getlist(self, _key):
-        return []
 
 
 class AccountMoveLine(models.Model):

@@ -242,12 +242,12 @@ class SaleOrder(models.Model):
         }
 
     def _fc_past_usage_values(self, metric_code=None, periods_count=None):
-        """Lago ``usage_periods`` of closed periods, newest first."""
+        """Lago ``usage_periods`` of closed periods, newest first (``periods_count``: an int, the latest ones)."""
         self.ensure_one()
         current_start = self._fc_period()[0]
         starts = sorted({u.period_start for u in self.x_fc_usage_ids if u.period_start < current_start}, reverse=True)
-        if periods_count and str(periods_count).isdigit():
-            starts = starts[:int(periods_count)]
+        if periods_count:
+            starts = starts[:periods_count]
         periods_values = []
         for start in starts:
             values = self._fc_usage_values(start)
@@ -372,7 +372,8 @@ class SaleOrder(models.Model):
         so that it rides on their invoice (lines only; no invoice of our own)."""
         if not BillingCycle(self.env).before_recurring_invoicing(self):
             return self.env["account.move"]  # out of time: the scheduled action runs again and resumes
-        return super()._create_recurring_invoice(*args, **kwargs)
+        # Invoice lines look their analytic defaults up once per run, not once per line.
+        return super(SaleOrder, self.with_context(fc_distribution_memo={}))._create_recurring_invoice(*args, **kwargs)
 
     def _get_invoiceable_lines(self, *args, **kwargs):
         lines = super()._get_invoiceable_lines(*args, **kwargs)

@@ -199,7 +199,9 @@ class BillingCycle:
         line per charge, reused period after period, pending until an invoice carrying it posts."""
         if not billable:
             return
-        line_model = self.env["sale.order.line"].with_context(tracking_disable=True, sale_no_log_for_new_lines=True)
+        # Analytic defaults are looked up once per batch (context fc_distribution_memo), not per line.
+        line_model = self.env["sale.order.line"].with_context(
+            tracking_disable=True, sale_no_log_for_new_lines=True, fc_distribution_memo={})
         carriers = {order: order._fc_usage_carrier() for order in {row[0] for row in billable}}
         taken, creates, writes, usage_of = set(), [], [], {}
         for order, charge, usage_id, rating, (start, end) in billable:
@@ -217,7 +219,7 @@ class BillingCycle:
                 creates.append((usage_id, dict(values, order_id=carrier.id, product_id=product.id, product_uom_qty=1,
                                                sequence=1000, x_fc_line_kind="usage", x_fc_charge_id=charge.id)))
         for line, values in writes:
-            line.with_context(tracking_disable=True).write(values)
+            line.with_context(line_model.env.context).write(values)
         created = line_model.create([values for _usage_id, values in creates])
         usage_of.update(zip((usage_id for usage_id, _values in creates), created))
         self.env["fusion.billing.usage"]._fc_record_amounts(

@@ -44,6 +44,16 @@ class TestUsageBilling(UsageBillingCase):
         listed = self.api("GET", "invoices", params={"external_customer_id": "cus_jan"}).json()
         self.assertEqual([(i["total_amount_cents"], i["taxes_amount_cents"], i["status"]) for i in listed["invoices"]],
                          [(7063, 813, "finalized"), (5537, 637, "finalized")])
+        since = self.api("GET", "invoices", params={"external_customer_id": "cus_jan", "issuing_date_from": "2025-02-01",
+                                                     "statuses[]": "finalized"}).json()["invoices"]
+        self.assertEqual([i["lago_id"] for i in since], [str(invoice.id)])
+        with freeze_time("2025-02-10"):
+            past = self.api("GET", "customers/cus_jan/past_usage",
+                            params={"external_subscription_id": "sub_jan", "periods_count": "1"}).json()["usage_periods"]
+            junk = self.api("GET", "customers/cus_jan/past_usage",
+                            params={"external_subscription_id": "sub_jan", "periods_count": "all"})
+        self.assertEqual([(p["from_datetime"][:10], p["amount_cents"]) for p in past], [("2025-01-01", 1350)])
+        self.assertEqual((junk.status_code, junk.json()["error_details"]), (422, {"periods_count": ["value_is_invalid"]}))
         downloaded = self.api("POST", f"invoices/{invoice.id}/download").json()["invoice"]
         self.assertIn("/my/invoices/", downloaded["file_url"])
         self.assertEqual(self.api("GET", "invoices/999999").status_code, 404)

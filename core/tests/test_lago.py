@@ -202,3 +202,33 @@ def test_domain_errors_map_onto_lago_envelopes():
     assert lago.from_domain_error(errors.NotAllowed("no_active_subscription")).status == 405
     invalid = lago.from_domain_error(errors.Invalid({"external_id": ["value_already_exist"]}))
     assert (invalid.status, invalid.body["error_details"]) == (422, {"external_id": ["value_already_exist"]})
+
+
+class _Query(dict):
+    """A query string as the controller gets it (a multidict: name → list of values)."""
+
+    def get(self, key, default=None):
+        values = super().get(key)
+        return values[0] if values else default
+
+    def __getitem__(self, key):
+        return super().__getitem__(key)[0]
+
+    def getlist(self, key):
+        return list(super().get(key, []))
+
+
+def test_query_strings_become_plain_values_for_the_models():
+    query = _Query({"statuses[]": ["finalized", "voided"], "payment_status": ["pending"],
+                    "issuing_date_from": ["2025-02-01"]})
+    assert lago.invoice_filters(query) == {
+        "statuses": ["finalized", "voided"], "payment_statuses": ["pending"],
+        "issuing_date_from": date(2025, 2, 1), "issuing_date_to": None}
+    with pytest.raises(lago.LagoError) as bad_date:
+        lago.invoice_filters(_Query({"issuing_date_to": ["02/2025"]}))
+    assert bad_date.value.body["error_details"] == {"issuing_date_to": ["invalid_date"]}
+    assert lago.parse_positive_int(None, "periods_count") is None
+    assert lago.parse_positive_int(" 3 ", "periods_count") == 3
+    for junk in ("0", "-1", "two", "1.5"):
+        with pytest.raises(lago.LagoError):
+            lago.parse_positive_int(junk, "periods_count")

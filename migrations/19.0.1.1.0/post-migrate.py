@@ -1,0 +1,22 @@
+"""19.0.1.1.0: write each plan's former stored base fee into its native recurring price rule, and
+mark the usage lines the former period close added to orders as billing-cycle lines (already billed)."""
+from odoo import SUPERUSER_ID, api
+
+
+def migrate(cr, version):
+    env = api.Environment(cr, SUPERUSER_ID, {})
+    cr.execute("""SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'sale_subscription_plan' AND column_name = 'x_fc_amount_before_1_1'""")
+    if cr.fetchone():
+        cr.execute("SELECT id, x_fc_amount_before_1_1 FROM sale_subscription_plan WHERE x_fc_amount_before_1_1 <> 0")
+        for plan_id, amount in cr.fetchall():
+            plan = env["sale.subscription.plan"].browse(plan_id)
+            if plan.x_fc_product_id and plan.x_fc_service_id and not plan._fc_base_fee_rules():
+                plan.x_fc_amount = amount
+        cr.execute("ALTER TABLE sale_subscription_plan DROP COLUMN x_fc_amount_before_1_1")
+    # Usage order lines of the former close (sequence 1000, linked from their usage row): billed, never again.
+    cr.execute("""
+        UPDATE sale_order_line line SET x_fc_line_kind = 'usage', x_fc_pending = false
+          FROM fusion_billing_usage usage
+         WHERE usage.invoice_line_id IS NOT NULL AND line.x_fc_line_kind IS NULL AND line.sequence = 1000
+           AND line.id IN (SELECT order_line_id FROM sale_order_line_invoice_rel WHERE invoice_line_id = usage.invoice_line_id)""")
