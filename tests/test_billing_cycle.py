@@ -199,6 +199,7 @@ class TestNativeLifecycle(UsageBillingCase):
             self.assertEqual((final.state, lines_of(final).mapped("price_subtotal")), ("posted", [10.0]),
                              "300 GB, 200 above the quota, on a standalone final invoice")
             self.assertIn("(2025-01-01 to 2025-01-20)", final.invoice_line_ids.name)
+            self.assertEqual(final.x_fc_delivery_state, "done", "sent (no saved card to charge)")
         self.assertEqual(by_ui.close_reason_id, reason)
         self.assertEqual({order.x_fc_terminated_at for order in (by_ui, by_portal, expiring)},
                          {datetime(2025, 1, 20, 10)}, "closed when Odoo closed them")
@@ -250,6 +251,7 @@ class TestNativeLifecycle(UsageBillingCase):
     def test_terminating_again_changes_nothing(self):
         order = self.subscribe("sub_t", customer="cus_t")
         self.recurring("2025-01-01 03:00:00")
+        order.payment_token_id = self.stripe_token(order.partner_id)
         self.push_january("sub_t")
         with freeze_time("2025-01-25 10:00:00"):
             first = self.api("DELETE", "subscriptions/sub_t").json()["subscription"]
@@ -258,6 +260,12 @@ class TestNativeLifecycle(UsageBillingCase):
         invoices = order.invoice_ids
         final = invoices.filtered(lambda m: m.invoice_date == date(2025, 1, 25))
         self.assertEqual(lines_of(final).mapped("price_subtotal"), [7.5, 6.0], "the final period is billed at once")
+        self.assertEqual((final.state, final.x_fc_delivery_state), ("posted", "pending"))
+        with self.card_answers("done"):
+            self.close("2025-01-25 11:00:00")  # charged and e-mailed after the request, holding no lock
+        self.assertEqual(final.x_fc_delivery_state, "done")
+        self.assertIn(final.payment_state, ("paid", "in_payment"))
+        self.assertEqual(final.transaction_ids.token_id, order.payment_token_id)
         with freeze_time("2025-02-10"):
             self.assertEqual(self.api("DELETE", "subscriptions/sub_t").status_code, 404)
             again = self.api("DELETE", "subscriptions/sub_t", params={"status": "terminated"}).json()["subscription"]
