@@ -10,3 +10,6 @@ from . import test_nexacloud_import_runs
 from . import test_screens
 from . import test_reconciliation
 from . import test_openapi
+from . import test_api_robustness
+from . import test_api_technical_user
+from . import test_api_concurrency

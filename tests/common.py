@@ -1,4 +1,12 @@
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 import threading
 from contextlib import contextmanager
@@ -60,6 +68,81 @@ def run_as_workers(env, job, workers=2, timeout=300):
         for thread in threads:
             thread.join(timeout)
     return errors
+
+
+class OdooServer:
+    """A real multi-process Odoo server (``--workers``), as production runs it, on the test's own
+    database: it serves only what is committed (set data up with :func:`real_session`), each
+    request in its own worker process and transaction, with Odoo's request replays on conflicts.
+
+    ``with OdooServer(env, workers=2) as server:`` → ``server.url`` (``http://127.0.0.1:<port>``);
+    ``server.log()`` is its log so far (retries are logged at INFO).
+    """
+
+    def __init__(self, env, workers=2, boot_timeout=180):
+        self.db_name = env.registry.db_name
+        self.workers = workers
+        self.boot_timeout = boot_timeout
+        self.process = None
+
+    def __enter__(self):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        addons = config["addons_path"]
+        options = ["-d", self.db_name, f"--addons-path={','.join(addons) if isinstance(addons, list) else addons}",
+                   f"--data-dir={config['data_dir']}", f"--workers={self.workers}", "--max-cron-threads=0",
+                   "--http-interface=127.0.0.1", f"--http-port={self.port}", "--log-level=info",
+                   "--limit-time-real=300", "--limit-time-cpu=300"]
+        options += [f"--{key}={config[key]}" for key in ("db_host", "db_port", "db_user", "db_password") if config.get(key)]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            options.append(f"--gevent-port={probe.getsockname()[1]}")  # not 8072: other servers may run
+        self._dir = tempfile.mkdtemp(prefix="fusion-billing-server-")
+        # A launcher file: the master re-runs sys.argv[0] for its websocket (gevent) process.
+        launcher = os.path.join(self._dir, "odoo-server.py")
+        with open(launcher, "w", encoding="utf-8") as handle:
+            handle.write("import odoo.cli\nodoo.cli.main()\n")
+        self._log = open(os.path.join(self._dir, "server.log"), "w+", encoding="utf-8")  # noqa: SIM115
+        self.process = subprocess.Popen([sys.executable, launcher, "server"] + options,
+                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_until_serving()
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_until_serving(self):
+        deadline = time.monotonic() + self.boot_timeout
+        import requests  # noqa: PLC0415 (test-only dependency)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Odoo server exited ({self.process.returncode}):\n{self.log()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/api/billing/v1/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"Odoo server did not answer within {self.boot_timeout} s:\n{self.log()[-3000:]}")
+
+    def log(self):
+        with open(self._log.name, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def __exit__(self, *_exc):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the master and its workers (own session)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return False
 
 
 class FusionBillingFixtures:
