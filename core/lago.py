@@ -11,7 +11,7 @@ import re
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from . import errors
+from . import errors, money
 from .money import to_decimal
 
 DEFAULT_PER_PAGE = 100
@@ -20,6 +20,39 @@ MAX_BATCH_EVENTS = 100
 ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
 ISO_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 UNIX_SECONDS = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
+
+# ---------------------------------------------------------------------------- limits
+# Every bound on what a client sends, checked before anything is converted or stored. ``LIMITS``
+# is what the OpenAPI document states (controllers/openapi.py), so the two cannot drift apart.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DEPTH = 20                 # nesting of objects/arrays in a body, its root object included
+MAX_ID_LENGTH = 255            # path ids and identifier fields
+MAX_QUERY_LENGTH = 1000        # each query-string value
+MAX_PAGE = 1_000_000
+MAX_APP_BILLS = 1000           # bills per POST /reconciliation/app_bills
+MAX_CENTS = 10 ** 13           # an amount in minor units (a hundred billion dollars)
+MAX_INTEGER = 2 ** 31 - 1      # integer fields (e.g. net_payment_term)
+DATE_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+DATE_MAX = datetime(2100, 1, 1, tzinfo=timezone.utc)  # exclusive: period arithmetic stays far from year 9999
+# What PostgreSQL text cannot hold (NUL) and what UTF-8 cannot encode (lone surrogates).
+FORBIDDEN_TEXT = re.compile("[\x00\ud800-\udfff]")
+LIMITS = {
+    "body": {"max_bytes": MAX_BODY_BYTES},
+    "json": {"max_depth": MAX_DEPTH, "strings": "no NUL (U+0000) and no lone surrogate (U+D800–U+DFFF), "
+                                                "in values and in keys"},
+    "number": {"maximum_magnitude": f"1e{money.MAX_INTEGER_DIGITS}",
+               "max_integer_digits": money.MAX_INTEGER_DIGITS, "max_fraction_digits": money.MAX_FRACTION_DIGITS,
+               "max_literal_length": money.MAX_NUMBER_TEXT,
+               "applies_to": "every JSON number, and numeric strings read as numbers (metric properties, "
+                             "precise_total_amount_cents, timestamps)"},
+    "dates": {"from": DATE_MIN.isoformat(), "before": DATE_MAX.isoformat(),
+              "applies_to": "event timestamps, subscription_at, ending_at, date query parameters, app bill periods"},
+    "ids": {"max_length": MAX_ID_LENGTH},
+    "query": {"max_length": MAX_QUERY_LENGTH, "page": {"minimum": 1, "maximum": MAX_PAGE},
+              "per_page": {"minimum": 1, "maximum": MAX_PER_PAGE, "larger": "served as the maximum"}},
+    "events_batch": {"max_events": MAX_BATCH_EVENTS},
+    "app_bills": {"max_bills": MAX_APP_BILLS, "max_abs_cents": MAX_CENTS},
+}
 
 
 # ---------------------------------------------------------------------------- errors
@@ -62,6 +95,19 @@ def payload_too_large():
     return LagoError(413, {"status": 413, "error": "Payload Too Large", "code": "payload_too_large"})
 
 
+RETRY_AFTER_SECONDS = 2
+
+
+def retry_later():
+    """Odoo's replays of a conflicting transaction ran out: nothing was stored, the client may retry
+    (events are idempotent by transaction id). Sent with ``Retry-After``; Lago has no such envelope."""
+    return LagoError(503, {"status": 503, "error": "Service Unavailable", "code": "conflict_retry_later"})
+
+
+def internal_error():
+    return LagoError(500, {"status": 500, "error": "Internal Server Error"})
+
+
 def from_domain_error(error):
     """The Lago envelope of a model's domain error (``core.errors``)."""
     if isinstance(error, errors.NotFound):
@@ -74,24 +120,115 @@ def from_domain_error(error):
 
 
 # ---------------------------------------------------------------------------- parsing
-def parse_json(raw, *, max_bytes=1024 * 1024):
-    """Request body → dict, or 400/413 for anything else (bad UTF-8, bad JSON, non-object root)."""
+def parse_json(raw, *, max_bytes=MAX_BODY_BYTES):
+    """Request body → dict, or 400/413 for anything else (bad UTF-8, bad JSON, non-object root).
+
+    Numbers are bounded on their literal before conversion and, with nesting depth and string
+    content, checked over the whole tree before anything reads it: 422 ``validation_errors``
+    naming each offending field (``value_is_out_of_range``, ``too_deep``, ``value_is_invalid``).
+    """
     if raw is None or len(raw) == 0:
         raise bad_request("empty request body")
     if len(raw) > max_bytes:
         raise payload_too_large()
     try:
         payload = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw,
-                             parse_float=Decimal, parse_constant=_reject_constant)
+                             parse_float=_json_float, parse_int=_json_int, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad_request("malformed JSON body") from None
     if not isinstance(payload, dict):
         raise bad_request("the JSON body must be an object")
+    problems = _tree_problems(payload)
+    if problems:
+        raise validation(problems)
     return payload
 
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
+
+
+class _OutOfRange:
+    """Stands in for a JSON number beyond the bounds: reported by ``_tree_problems``, never converted."""
+
+    __slots__ = ()
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+def _json_int(text):
+    return _OUT_OF_RANGE if len(text.lstrip("-")) > money.MAX_INTEGER_DIGITS else int(text)
+
+
+def _json_float(text):
+    try:
+        return money.parse_bounded(text)
+    except ValueError:
+        return _OUT_OF_RANGE
+
+
+def _tree_problems(payload):
+    """Lago ``error_details`` of every bound a parsed body breaks (iterative: any depth is safe)."""
+    details = {}
+    stack = [(payload, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                _add_problem(details, path, "too_deep")
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and FORBIDDEN_TEXT.search(key):
+                    _add_problem(details, path + (key,), "value_is_invalid")
+                else:
+                    stack.append((item, depth + 1, path + (key,)))
+        elif value is _OUT_OF_RANGE:
+            _add_problem(details, path, "value_is_out_of_range")
+        elif isinstance(value, str) and FORBIDDEN_TEXT.search(value):
+            _add_problem(details, path, "value_is_invalid")
+    return details
+
+
+def _add_problem(details, path, code):
+    """Key a problem as Lago does: by the field of the root object (``{"properties": [code]}``),
+    or by index then field inside a root list (``{"3": {"properties": [code]}}``)."""
+    path = [_printable(part) for part in path]
+    if len(path) >= 2 and isinstance(path[1], int):
+        target, field = details.setdefault(str(path[1]), {}), (path[2] if len(path) > 2 else path[0])
+    else:
+        target, field = details, (path[1] if len(path) > 1 else (path[0] if path else "base"))
+    codes = target.setdefault(str(field), [])
+    if code not in codes:
+        codes.append(code)
+
+
+def _printable(part):
+    """A path part safe to echo in the answer (a key may be the very NUL or surrogate reported)."""
+    if isinstance(part, str) and FORBIDDEN_TEXT.search(part):
+        return part.encode("unicode_escape").decode("ascii")
+    return part
+
+
+def check_text_params(params, kind="query"):
+    """Query values or path ids: within length, no NUL or lone surrogate; else 422 naming them.
+    ``params``: {name: value or [values]}."""
+    limit = MAX_QUERY_LENGTH if kind == "query" else MAX_ID_LENGTH
+    bad = {}
+    for name, values in params.items():
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str) or len(value) > limit or FORBIDDEN_TEXT.search(value):
+                bad[_printable(name)] = ["value_is_invalid"]
+    if bad:
+        raise validation(bad)
+
+
+def parse_record_id(value):
+    """A database id given in a path (``invoices/<lago_id>``) → int, or None when it cannot be one."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value) and 0 < int(value) <= MAX_INTEGER:
+        return int(value)
+    return None
 
 
 def require_root(payload, key):
@@ -136,14 +273,18 @@ class _Checker:
             return
         self.clean[key] = value
 
-    def integer(self, key, minimum=0):
-        if key not in self.obj:
+    def integer(self, key, minimum=0, maximum=MAX_INTEGER, required=False):
+        if key not in self.obj or self.obj[key] is None:
+            if required:
+                self.fail(key, "value_is_mandatory")
+            elif key in self.obj:
+                self.clean[key] = None
             return
         value = self.obj[key]
-        if value is None:
-            self.clean[key] = None
-        elif isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(key, "value_is_invalid")
+        elif value > maximum:
+            self.fail(key, "value_is_out_of_range")
         else:
             self.clean[key] = value
 
@@ -175,20 +316,33 @@ class _Checker:
 
 
 def parse_iso_datetime(value):
-    """ISO-8601 string → aware UTC datetime (naive input is taken as UTC)."""
-    if not isinstance(value, str) or not value.strip():
+    """ISO-8601 string → aware UTC datetime (naive input is taken as UTC), between ``DATE_MIN``
+    (included) and ``DATE_MAX`` (excluded), else ValueError."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
         raise ValueError("not an ISO-8601 datetime")
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
+    if not DATE_MIN <= parsed < DATE_MAX:  # compared aware: no conversion overflows near year 1 or 9999
+        raise ValueError("date out of range")
     return parsed.astimezone(timezone.utc)
+
+
+def parse_iso_date(value):
+    """``YYYY-MM-DD`` → date within the date bounds, else ValueError (TypeError for a non-string)."""
+    if not isinstance(value, str) or len(value) > 10:
+        raise ValueError("not an ISO-8601 date")
+    parsed = date.fromisoformat(value)
+    if not DATE_MIN.date() <= parsed < DATE_MAX.date():
+        raise ValueError("date out of range")
+    return parsed
 
 
 def parse_date_param(value, key):
     """``YYYY-MM-DD`` query parameter → date, or 422 ``invalid_date``."""
     try:
-        return date.fromisoformat(value)
+        return parse_iso_date(value)
     except (TypeError, ValueError):
         raise validation({key: ["invalid_date"]}) from None
 
@@ -206,8 +360,11 @@ CUSTOMER_STRINGS = ("name", "firstname", "lastname", "email", "phone", "url", "a
                     "timezone", "logo_url", "billing_entity_code", "finalize_zero_amount_invoice")
 
 
-def validate_customer(obj):
-    """Clean a customer payload; only keys present in ``obj`` are returned (upsert semantics)."""
+def validate_customer(obj, timezones=None):
+    """Clean a customer payload; only keys present in ``obj`` are returned (upsert semantics).
+
+    ``timezones``: the time zone names the caller can store (Odoo's selection); others are 422.
+    """
     check = _Checker(obj)
     check.string("external_id", required=True)
     for key in CUSTOMER_STRINGS:
@@ -215,6 +372,9 @@ def validate_customer(obj):
     check.string("currency", pattern=ISO_CURRENCY, transform=str.upper)
     check.string("country", pattern=ISO_COUNTRY, transform=str.upper)
     check.string("customer_type", choices=("company", "individual"))
+    if timezones is not None and check.clean.get("timezone") and check.clean["timezone"] not in timezones:
+        del check.clean["timezone"]
+        check.fail("timezone", "value_is_invalid")
     check.integer("net_payment_term")
     check.passthrough("metadata", list)
     check.passthrough("billing_configuration", dict)
@@ -244,8 +404,8 @@ def parse_timestamp(value, now):
         if not UNIX_SECONDS.match(value.strip()):
             raise ValueError("not Unix seconds")
         value = Decimal(value.strip())
-    number = to_decimal(value)
-    if number < 0 or number > 253402300799:  # year 9999
+    number = money.parse_bounded(value)
+    if number < 0 or number >= int(DATE_MAX.timestamp()):
         raise ValueError("timestamp out of range")
     seconds = math.floor(number)
     micros = int(((number - seconds) * 1_000_000).to_integral_value())
@@ -270,7 +430,9 @@ def validate_event(obj, now):
     precise = obj.get("precise_total_amount_cents")
     if precise is not None:
         try:
-            check.clean["precise_total_amount_cents"] = to_decimal(precise)
+            check.clean["precise_total_amount_cents"] = money.parse_bounded(precise)
+        except money.OutOfRange:
+            check.fail("precise_total_amount_cents", "value_is_out_of_range")
         except ValueError:
             check.fail("precise_total_amount_cents", "value_is_invalid")
     else:
@@ -339,6 +501,56 @@ def validate_batch(payload, now, max_events=MAX_BATCH_EVENTS):
     return cleaned
 
 
+def validate_app_bills(payload):
+    """``POST /reconciliation/app_bills``: amounts an app billed, per subscription and period, all or
+    nothing. Ids are strings, periods ISO dates within the date bounds (end after start), amounts
+    integer minor units within ±``MAX_CENTS``, ``usage`` an object of metric code → such an amount.
+    Returns the bills with the same keys and plain types (dates stay ISO strings)."""
+    bills = payload.get("app_bills")
+    if not isinstance(bills, list) or not bills:
+        raise validation({"app_bills": ["value_is_mandatory"]})
+    if len(bills) > MAX_APP_BILLS:
+        raise validation({"app_bills": ["too_many_app_bills"]})
+    cleaned, problems = [], {}
+    for index, bill in enumerate(bills):
+        if not isinstance(bill, dict):
+            problems[str(index)] = {"app_bill": ["value_is_invalid"]}
+            continue
+        check = _Checker(bill)
+        check.string("external_subscription_id", required=True, max_length=MAX_ID_LENGTH)
+        for key in ("external_customer_id", "plan_code"):
+            check.string(key, max_length=MAX_ID_LENGTH)
+        check.string("currency", pattern=ISO_CURRENCY, transform=str.upper)
+        dates = {}
+        for key in ("period_start", "period_end"):
+            try:
+                dates[key] = parse_iso_date(bill.get(key))
+                check.clean[key] = bill[key]
+            except (TypeError, ValueError):
+                check.fail(key, "invalid_date")
+        if len(dates) == 2 and dates["period_end"] <= dates["period_start"]:
+            check.fail("period_end", "value_is_invalid")
+        for key in ("base_fee_cents", "tax_cents"):
+            check.integer(key, minimum=-MAX_CENTS, maximum=MAX_CENTS)
+        usage = bill.get("usage")
+        if usage is not None:
+            if not isinstance(usage, dict) or len(usage) > 1000 or any(
+                    len(code) > MAX_ID_LENGTH or isinstance(cents, bool) or not isinstance(cents, int)
+                    for code, cents in usage.items()):
+                check.fail("usage", "value_is_invalid")
+            elif any(abs(cents) > MAX_CENTS for cents in usage.values()):
+                check.fail("usage", "value_is_out_of_range")
+            else:
+                check.clean["usage"] = dict(usage)
+        if check.errors:
+            problems[str(index)] = check.errors
+        else:
+            cleaned.append(check.clean)
+    if problems:
+        raise validation(problems)
+    return cleaned
+
+
 # ---------------------------------------------------------------------------- pagination
 def parse_positive_int(value, key):
     """An optional positive integer query parameter (``None`` when absent); junk → 422."""
@@ -364,18 +576,24 @@ def invoice_filters(query):
 
 
 def parse_pagination(query, default_per_page=DEFAULT_PER_PAGE, max_per_page=MAX_PER_PAGE):
-    """``page``/``per_page`` from a dict of lists (or values) → (page ≥ 1, 1 ≤ per_page ≤ max); junk → 422."""
-    def read(key, default):
-        value = query.get(key)
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if value in (None, ""):
-            return default
-        text = str(value).strip()
-        if not text.isdigit() or int(text) < 1:
-            raise validation({key: ["value_is_invalid"]})
-        return int(text)
-    return read("page", 1), min(read("per_page", default_per_page), max_per_page)
+    """``page``/``per_page`` from a dict of lists (or values) → (1 ≤ page ≤ ``MAX_PAGE``,
+    1 ≤ per_page ≤ max; a larger per_page is served as the max); junk → 422."""
+    page = parse_int_param(query.get("page"), "page", maximum=MAX_PAGE)
+    per_page = parse_int_param(query.get("per_page"), "per_page", maximum=10 ** 7)
+    return page or 1, min(per_page or default_per_page, max_per_page)
+
+
+def parse_int_param(value, key, minimum=1, maximum=MAX_PAGE):
+    """A positive integer query parameter (ASCII digits only: ``²`` is not 2) → int, None when
+    absent; else 422 ``value_is_invalid``."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]{1,10}", text) or not minimum <= int(text) <= maximum:
+        raise validation({key: ["value_is_invalid"]})
+    return int(text)
 
 
 def meta(page, per_page, total_count):
