@@ -18,6 +18,7 @@
     "data": [
         "security/fusion_billing_security.xml",
         "security/ir.model.access.csv",
+        "security/fusion_billing_api_rules.xml",
         "data/fusion_billing_data.xml",
         "data/fusion_billing_cron.xml",
         "views/fusion_billing_service_views.xml",

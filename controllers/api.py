@@ -1,18 +1,24 @@
 """Lago-compatible REST API: ``/api/billing/v1/*`` (JS client) and ``/api/billing/api/v1/*`` (Python client).
 
 Thin transport: authenticate the bearer key, parse and validate with ``core.lago``, call
-the models, serialise with ``core.lago``. Every answer, including unknown routes and
-crashes, is a Lago JSON envelope; an error rolls the whole request back.
+the models as the service's technical user, serialise with ``core.lago``. Every answer,
+including unknown routes, crashes and conflicts Odoo could not resolve by replaying the
+request, is a Lago JSON envelope; an error rolls the whole request back.
+
+Odoo replays a request whose transaction hit a serialization failure, a deadlock, a lock
+timeout or a ``ConcurrencyError`` (``odoo.service.model.retrying``, up to 5 tries): the body is
+read once and kept on the request so that every replay sees the bytes that were sent, and when
+the tries run out the client gets a 503 with ``Retry-After`` (``error_response``).
 """
 import logging
 import re
 from datetime import datetime, timezone
 
-from psycopg2 import errorcodes
-from werkzeug.exceptions import HTTPException
+from psycopg2 import IntegrityError, OperationalError, errorcodes
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from odoo import SUPERUSER_ID, http
-from odoo.exceptions import UserError, ValidationError
+from odoo.exceptions import ConcurrencyError, UserError, ValidationError
 from odoo.http import request
 from odoo.modules.module import get_manifest
 
@@ -23,10 +29,13 @@ from . import openapi
 _logger = logging.getLogger(__name__)
 
 PREFIXES = ("/api/billing/v1", "/api/billing/api/v1")
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = lago.MAX_BODY_BYTES
 # Concurrency errors Odoo retries itself (it replays the whole request on a fresh transaction).
 RETRYABLE_PGCODES = {errorcodes.SERIALIZATION_FAILURE, errorcodes.DEADLOCK_DETECTED,
                      errorcodes.LOCK_NOT_AVAILABLE}
+# Handlers that create an object by its external id: two simultaneous first creations collide on
+# the unique index; the loser is replayed (ConcurrencyError) and finds the winner's committed row.
+CREATING_HANDLERS = {"customer_upsert", "subscription_create"}
 
 
 class LagoResponse(HTTPException):
@@ -99,10 +108,15 @@ class BillingApi(http.Controller):
                 type="http", auth="none", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
                 csrf=False, save_session=False, readonly=False)
     def dispatch(self, subpath="", **_query):
+        handler = None
         try:
             handler, kwargs = ROUTER.match(request.httprequest.method, subpath.strip("/"))
+            lago.check_text_params(kwargs, kind="path")
+            lago.check_text_params(request.httprequest.args.to_dict(flat=False))
             service = None if handler in PUBLIC_HANDLERS else self._authenticate()
             body = getattr(self, handler)(service, **kwargs)
+            if handler in CREATING_HANDLERS:
+                request.env.flush_all()  # a collision surfaces here, where it becomes a replay
             return json_response(body)
         except lago.LagoError as error:
             raise LagoResponse(error) from None
@@ -112,27 +126,54 @@ class BillingApi(http.Controller):
             raise LagoResponse(lago.validation(conflict_details(conflict))) from None
         except (UserError, ValidationError) as error:
             raise LagoResponse(lago.validation({"base": [str(error.args[0] if error.args else error)]})) from None
+        except ConcurrencyError:
+            raise  # Odoo replays the request
         except Exception as error:
             if getattr(error, "pgcode", None) in RETRYABLE_PGCODES:
-                raise  # Odoo retries the request
+                raise  # Odoo replays the request
+            if getattr(error, "pgcode", None) == errorcodes.UNIQUE_VIOLATION and handler in CREATING_HANDLERS:
+                raise ConcurrencyError(f"simultaneous first creation: {error.diag.constraint_name}") from error
             _logger.exception("Billing API crashed on %s %s", request.httprequest.method, subpath)
-            raise LagoResponse(lago.LagoError(500, {"status": 500, "error": "Internal Server Error"})) from None
+            raise LagoResponse(lago.internal_error()) from None
 
     # ------------------------------------------------------------------ plumbing
     def _authenticate(self):
+        """The service of the bearer key; the rest of the request runs as that service's technical
+        user (never as superuser): record rules keep it to its own service and company even where a
+        handler forgets to filter. Only the key lookup itself runs as superuser."""
         token = keys.bearer_token(request.httprequest.headers.get("Authorization"))
-        request.update_env(user=SUPERUSER_ID)
-        service = request.env["fusion.billing.service"]._authenticate(token) if token else None
+        service = request.env(user=SUPERUSER_ID)["fusion.billing.service"]._authenticate(token) if token else None
         if not service:
             raise lago.unauthorized()
+        if service.api_user_id:
+            user = service.api_user_id
+        else:  # a key made before API users existed: two first calls at once collide on its login
+            try:
+                user = service._fc_api_user()
+                service.env.flush_all()
+            except IntegrityError as error:
+                raise ConcurrencyError("simultaneous creation of the API user") from error
+        request.update_env(user=user.id)
         request.update_context(allowed_company_ids=service.company_id.ids)
-        return service.with_env(request.env)
+        return request.env["fusion.billing.service"].browse(service.id)
+
+    def _raw_body(self):
+        """The body, read once (at most ``MAX_BODY_BYTES``) and kept on the request: a request Odoo
+        replays after a conflict must see the bytes that were sent, not an emptied stream."""
+        raw = getattr(request, "_fc_raw_body", None)
+        if raw is None:
+            length = request.httprequest.content_length
+            if length and length > MAX_BODY_BYTES:
+                raise lago.payload_too_large()
+            try:
+                raw = request.httprequest.get_data(cache=True)
+            except RequestEntityTooLarge:
+                raise lago.payload_too_large() from None
+            request._fc_raw_body = raw
+        return raw
 
     def _json(self):
-        length = request.httprequest.content_length
-        if length and length > MAX_BODY_BYTES:
-            raise lago.payload_too_large()
-        return lago.parse_json(request.httprequest.get_data(cache=False), max_bytes=MAX_BODY_BYTES)
+        return lago.parse_json(self._raw_body(), max_bytes=MAX_BODY_BYTES)
 
     def _body(self, root):
         return lago.require_root(self._json(), root)
@@ -161,7 +202,7 @@ class BillingApi(http.Controller):
 
     # ------------------------------------------------------------------ customers
     def customer_upsert(self, service):
-        clean = lago.validate_customer(self._body("customer"))
+        clean = lago.validate_customer(self._body("customer"), timezones=_timezones())
         link = request.env["fusion.billing.account.link"]._api_upsert(service, clean)
         return {"customer": lago.customer(link._api_values())}
 
@@ -256,6 +297,8 @@ class BillingApi(http.Controller):
             [event] = request.env["fusion.billing.event"]._ingest(service, [clean])
         except IngestConflict:
             raise IngestConflict(None) from None
+        except errors.Invalid as error:  # keyed by batch index: one event is keyed by field
+            raise errors.Invalid(error.details.get("0", error.details)) from None
         return {"event": lago.event(event)}
 
     def event_batch(self, service):
@@ -321,7 +364,8 @@ class BillingApi(http.Controller):
                           order="invoice_date desc, id desc")
 
     def _invoice(self, service, lago_id):
-        move = request.env["account.move"]._api_find(service, int(lago_id)) if lago_id.isdigit() else None
+        record_id = lago.parse_record_id(lago_id)  # ASCII digits within an id's range ("²" is not 2)
+        move = request.env["account.move"]._api_find(service, record_id) if record_id else None
         if not move:
             raise lago.not_found("invoice")
         return move
@@ -340,15 +384,54 @@ class BillingApi(http.Controller):
     # ------------------------------------------------------------------ dual run (extension)
     def reconciliation_report(self, service):
         """Amounts the app billed that Odoo cannot derive (e.g. usage Stripe charged)."""
-        bills = self._json().get("app_bills")
-        if not isinstance(bills, list) or not bills:
-            raise lago.validation({"app_bills": ["value_is_mandatory"]})
+        bills = lago.validate_app_bills(self._json())
         count = request.env["fusion.billing.reconciliation"]._api_report(service, bills)
         return {"app_bills": {"received": count}}
 
 
-def json_response(body, status=200):
-    return request.make_response(lago.dumps(body), headers=[("Content-Type", "application/json")], status=status)
+def json_response(body, status=200, headers=()):
+    return request.make_response(lago.dumps(body), headers=[("Content-Type", "application/json"), *headers],
+                                 status=status)
+
+
+def is_api_request():
+    return bool(request) and request.httprequest.path.startswith(PREFIXES)
+
+
+def error_response(exception):
+    """The answer to an API request that failed outside the handler (``ir.http._handle_error``):
+    conflicts Odoo's replays could not resolve are a 503 with ``Retry-After`` (nothing was stored;
+    events are idempotent by transaction id), anything else keeps its status, always as a Lago
+    envelope, never Odoo's HTML page."""
+    if isinstance(exception, LagoResponse):
+        return exception
+    if _is_conflict(exception):
+        exception.loglevel = logging.WARNING  # expected under load; Odoo logged every replay already
+        error = lago.retry_later()
+        return json_response(error.body, error.status, [("Retry-After", str(lago.RETRY_AFTER_SECONDS))])
+    if isinstance(exception, HTTPException) and exception.code:
+        return json_response({"status": exception.code, "error": exception.name}, exception.code)
+    error = lago.internal_error()
+    return json_response(error.body, error.status)
+
+
+def _is_conflict(exception):
+    cause = exception.__cause__ if isinstance(exception, ValidationError) else exception
+    if isinstance(cause, ConcurrencyError):
+        return True
+    if isinstance(cause, (OperationalError, IntegrityError)):
+        return cause.pgcode in RETRYABLE_PGCODES or cause.pgcode == errorcodes.UNIQUE_VIOLATION
+    return False
+
+
+_TIMEZONES = []
+
+
+def _timezones():
+    """The time zone names Odoo can store on a partner (``res.partner.tz``)."""
+    if not _TIMEZONES:
+        _TIMEZONES.append(frozenset(request.env["res.partner"]._fields["tz"].get_values(request.env)))
+    return _TIMEZONES[0]
 
 
 def conflict_details(conflict):

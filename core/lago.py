@@ -553,13 +553,9 @@ def validate_app_bills(payload):
 
 # ---------------------------------------------------------------------------- pagination
 def parse_positive_int(value, key):
-    """An optional positive integer query parameter (``None`` when absent); junk → 422."""
-    if value in (None, ""):
-        return None
-    text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise validation({key: ["value_is_invalid"]})
-    return int(text)
+    """An optional positive integer query parameter (``None`` when absent); junk → 422
+    (ASCII digits within ``MAX_PAGE``: see ``parse_int_param``)."""
+    return parse_int_param(value, key)
 
 
 def invoice_filters(query):

@@ -4,6 +4,7 @@ from . import fusion_billing_account_link
 from . import fusion_billing_metric
 from . import fusion_billing_charge
 from . import fusion_billing_usage
+from . import fusion_billing_usage_delta
 from . import fusion_billing_event
 from . import fusion_billing_webhook
 from . import fusion_billing_reconciliation
@@ -13,6 +14,8 @@ from . import fusion_billing_import_run
 from . import fusion_billing_import_run_count
 from . import fusion_billing_import_run_line
 from . import res_partner
+from . import res_users
+from . import ir_http
 from . import sale_subscription_plan
 from . import sale_order
 from . import sale_order_line

@@ -1,4 +1,6 @@
 """How the queue-draining cron jobs claim and commit work, safely with several Odoo workers."""
+from contextlib import contextmanager
+
 import psycopg2.errors
 
 from odoo.modules import module
@@ -49,3 +51,20 @@ def retry_after_conflict(env, error, retries):
         raise error
     env.cr.rollback()
     return retries + 1
+
+
+@contextmanager
+def side_transaction(env):
+    """``env`` on a transaction of its own, READ COMMITTED, committed on exit (rolled back on error).
+
+    For short writes that must not make the request's transaction conflict: Odoo runs every
+    request in REPEATABLE READ, where touching a row another transaction committed after the
+    snapshot (an identical event inserted by a concurrent request, a key's last use) is a
+    serialization failure that costs a replay of the whole request. READ COMMITTED waits for such
+    a row and then sees it. The caller must keep it idempotent: the request may still be replayed.
+    In a test on the test's own cursor it is a savepoint (there is no second transaction there).
+    """
+    with env.registry.cursor() as cr:
+        if real_transactions(env):
+            cr.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        yield env(cr=cr)

@@ -1,6 +1,14 @@
+import logging
+from datetime import timedelta
+
+import psycopg2
+
 from odoo import api, fields, models
 
 from ..core import keys
+from . import batch_jobs
+
+_logger = logging.getLogger(__name__)
 
 # Write last-use at most this often per key, so hot API paths do not update a row per call.
 LAST_USED_RESOLUTION_SECONDS = 60
@@ -35,6 +43,7 @@ class FusionBillingApiKey(models.Model):
         service._fc_check_manager()  # the group, and write access to this very service
         plaintext, prefix, key_hash = keys.generate_key()
         self.sudo().create({"service_id": service.id, "prefix": prefix, "key_hash": key_hash})
+        service._fc_api_user()  # the technical user the key's calls will run as
         service.message_post(body=self.env._("API key fcb_%s_… generated.", prefix))
         return plaintext
 
@@ -67,13 +76,22 @@ class FusionBillingApiKey(models.Model):
         return key
 
     def _touch(self):
-        """Record last use without contending on the row (skip if another request holds it)."""
+        """Record last use at most once a minute per key, in a short transaction of its own (READ
+        COMMITTED, ``batch_jobs.side_transaction``): the request's own transaction never writes the
+        key's row, so a busy key never conflicts with itself, and a failure here never fails the
+        request. Concurrent requests of one key update it once: the others find it fresh or locked."""
         now = fields.Datetime.now()
         last = self.last_used_date
         if last and (now - last).total_seconds() < LAST_USED_RESOLUTION_SECONDS:
             return
-        self.env.cr.execute(
-            """UPDATE fusion_billing_api_key SET last_used_date = %s
-               WHERE id IN (SELECT id FROM fusion_billing_api_key WHERE id = %s FOR UPDATE SKIP LOCKED)""",
-            (now, self.id))
+        try:
+            with batch_jobs.side_transaction(self.env) as env:
+                env.cr.execute("""
+                    UPDATE fusion_billing_api_key SET last_used_date = %s
+                     WHERE id IN (SELECT id FROM fusion_billing_api_key
+                                   WHERE id = %s AND (last_used_date IS NULL OR last_used_date <= %s)
+                                     FOR UPDATE SKIP LOCKED)""",
+                               (now, self.id, now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS)))
+        except psycopg2.Error as error:
+            _logger.warning("Could not record the last use of API key %s: %s", self.prefix, error)
         self.invalidate_recordset(["last_used_date"])

@@ -3,7 +3,8 @@ from collections import defaultdict, namedtuple
 
 from odoo import api, fields, models
 
-from ..core import aggregation, periods
+from ..core import aggregation, errors, money, periods
+from . import batch_jobs
 
 EVENT_STATES = [
     ("processed", "Processed"),
@@ -68,32 +69,48 @@ class FusionBillingEvent(models.Model):
 
     @api.model
     def _ingest(self, service, events):
-        """Store validated events of ``service`` exactly once and roll them up into usage.
+        """Store validated events of ``service`` exactly once and add them to usage.
 
         ``events`` are clean dicts (``core.lago.validate_event``) carrying a ``fingerprint``.
         Returns the stored events' API values in input order (a replay returns the stored row).
         Raises :class:`IngestConflict` (index) when a transaction id is reused with another
-        payload; the caller rolls the whole request back.
-        Dedupe is enforced by the unique index (``ON CONFLICT``), so concurrent workers
-        cannot both insert, and only newly inserted events feed the usage rollups.
+        payload, ``core.errors.Invalid`` (keyed by index) for a property out of range; nothing is
+        stored then (all or nothing).
+
+        Designed not to conflict under concurrent workers: the writes run in a transaction of
+        their own, READ COMMITTED and committed at once (``batch_jobs.side_transaction``), where
+        an identical event a concurrent request just inserted is waited for and then seen (in the
+        request's REPEATABLE READ it was a serialization failure, i.e. a replay of the request).
+        Dedupe is the unique index (``ON CONFLICT DO NOTHING``) and only newly inserted events
+        feed usage, as append-only deltas (``fusion.billing.usage._fc_append_events``): no
+        request updates a row another request updates. The whole request may still be replayed
+        by Odoo; the replay finds its events stored and answers the same.
         """
         if not events:
             return []
         self.env.flush_all()  # the rest is plain SQL
         targets = self._resolve_subscriptions(service, {e["external_subscription_id"] for e in events})
-        metrics = {m.code: m for m in self.env["fusion.billing.metric"].sudo().search(
+        metrics = {m.code: m for m in self.env["fusion.billing.metric"].search(
             [("service_id", "=", service.id), ("code", "in", list({e["code"] for e in events}))])}
-        rows = [self._classify(service, event, targets, metrics) for event in events]
+        rows = []
+        for index, event in enumerate(events):
+            try:
+                rows.append(self._classify(service, event, targets, metrics))
+            except money.OutOfRange:
+                raise errors.Invalid({str(index): {"properties": ["value_is_out_of_range"]}}) from None
         # A stable order keeps concurrent batches from deadlocking on the unique index.
         rows.sort(key=lambda row: (row["external_subscription_id"], row["transaction_id"]))
-        inserted = self._insert_new(rows)
         keys = [(e["external_subscription_id"], e["transaction_id"]) for e in events]
-        stored = dict(inserted)
-        stored.update(self._stored_rows(service, [key for key in keys if key not in inserted]))
-        for index, key in enumerate(keys):
-            if stored[key]["fingerprint"] != events[index]["fingerprint"]:
-                raise IngestConflict(index)
-        self._roll_up([row for row in inserted.values() if row["state"] == "processed"], targets, metrics)
+        with batch_jobs.side_transaction(self.env) as env:
+            model = self.with_env(env)
+            inserted = model._insert_new(rows)
+            stored = dict(inserted)
+            stored.update(model._stored_rows(service, [key for key in keys if key not in inserted]))
+            for index, key in enumerate(keys):
+                if stored[key]["fingerprint"] != events[index]["fingerprint"]:
+                    raise IngestConflict(index)  # leaves the side transaction: rolled back
+            model._roll_up([row for row in inserted.values() if row["state"] == "processed"], targets,
+                           {metric.id: metric.with_env(env) for metric in metrics.values()})
         links = {target.subscription_id: target.account_link_id for found in targets.values() for target in found}
         return [self._api_dict(stored[key], links.get(stored[key]["subscription_id"])) for key in keys]
 
@@ -175,10 +192,10 @@ class FusionBillingEvent(models.Model):
         return {(row["external_subscription_id"], row["transaction_id"]): row for row in self.env.cr.dictfetchall()}
 
     @api.model
-    def _roll_up(self, rows, targets, metrics):
-        """Add freshly stored event rows to their period's usage row (``INSERT … ON CONFLICT``)."""
+    def _roll_up(self, rows, targets, metrics_by_id):
+        """Append freshly stored event rows to usage: one delta per subscription, metric and period
+        (``fusion.billing.usage._fc_append_events``); events of a closed period become late."""
         by_subscription = {target.subscription_id: target for found in targets.values() for target in found}
-        metrics_by_id = {metric.id: metric for metric in metrics.values()}
         groups = defaultdict(list)
         for row in rows:
             target = by_subscription[row["subscription_id"]]
@@ -187,11 +204,12 @@ class FusionBillingEvent(models.Model):
         included = self._included_quantities({t.plan_id for t in by_subscription.values()}, set(metrics_by_id))
         usage = self.env["fusion.billing.usage"]
         for subscription_id, metric_id, start, end in sorted(groups):
-            usage._add_events(subscription_id, metrics_by_id[metric_id], start, end,
-                              groups[(subscription_id, metric_id, start, end)],
-                              included.get((by_subscription[subscription_id].plan_id, metric_id), 0))
+            group = groups[(subscription_id, metric_id, start, end)]
+            state = usage._fc_append_events(subscription_id, metrics_by_id[metric_id], start, end, group,
+                                            included.get((by_subscription[subscription_id].plan_id, metric_id), 0))
+            for row in group:
+                row["state"] = state
         if groups:
-            usage.invalidate_model()
             self.invalidate_model(["state"])
 
     @api.model

@@ -61,6 +61,11 @@ class FusionBillingService(models.Model):
         readonly=True, copy=False, help="Unbillable events up to this time were reported in an events.errors webhook.")
 
     api_key_ids = fields.One2many("fusion.billing.api.key", "service_id", string="API Keys")
+    api_user_id = fields.Many2one(
+        "res.users", string="API User", readonly=True, copy=False, ondelete="restrict",
+        help="Technical user every API call of this app runs as (never the superuser): Fusion Billing "
+             "User rights, this service's company only, and record rules that confine it to this service. "
+             "Archived, like OdooBot: it cannot log in and takes no seat.")
     account_link_ids = fields.One2many("fusion.billing.account.link", "service_id", string="Customers")
     metric_ids = fields.One2many("fusion.billing.metric", "service_id", string="Billable Metrics")
     account_link_count = fields.Integer(compute="_compute_counts")
@@ -172,6 +177,47 @@ class FusionBillingService(models.Model):
             [("service_id", "=", self.id)], order="period_start desc", limit=1).period_start
         return self._fc_window_action(self.env._("Reconciliation of %s", self.name), "fusion.billing.reconciliation",
                                       [("service_id", "=", self.id), ("period_start", "=", latest)])
+
+    def write(self, vals):
+        result = super().write(vals)
+        if "company_id" in vals:
+            for service in self.filtered("api_user_id"):
+                service.api_user_id.sudo().write({"company_id": service.company_id.id,
+                                                  "company_ids": [Command.set(service.company_id.ids)]})
+        return result
+
+    # ------------------------------------------------------------------ API technical user
+    def _fc_api_user(self):
+        """The technical user this service's API calls run as. Created with the service's first API
+        key (creating a user is not free: Odoo subscribes internal users to digests, channels…);
+        created here if missing, e.g. for a key made before API users existed."""
+        self.ensure_one()
+        return self.sudo().api_user_id or self._fc_create_api_user()
+
+    def _fc_create_api_user(self):
+        """Create this service's API user: in the Fusion Billing User group and the service's company
+        only, archived (no login, no seat). The global record rules of ``security/
+        fusion_billing_api_rules.xml`` confine a user with ``x_fc_api_service_id`` to that service."""
+        self.ensure_one()
+        user = self.env["res.users"].sudo().with_context(
+            active_test=True, no_reset_password=True, tracking_disable=True).create({
+            "name": self.env._("%s API", self.name),
+            "login": f"fusion_billing_api_{self.id}",
+            "active": False,
+            "company_id": self.company_id.id,
+            "company_ids": [Command.set(self.company_id.ids)],
+            "group_ids": [Command.set([self.env.ref("fusion_centralize_billing.group_fusion_billing_user").id])],
+            "x_fc_api_service_id": self.id,
+        })
+        self.sudo().api_user_id = user
+        return user
+
+    @api.model
+    def _fc_ensure_api_users(self):
+        """Install/upgrade: every service with an API key has its API user."""
+        for service in self.sudo().with_context(active_test=False).search([
+                ("api_user_id", "=", False), ("api_key_ids", "!=", False)]):
+            service._fc_create_api_user()
 
     def _is_shadow(self):
         self.ensure_one()

@@ -1,13 +1,22 @@
+import json
+from collections import defaultdict, namedtuple
+
 from odoo import api, fields, models
 
 from ..core import aggregation
+
+# A usage row (or a period without one) as readers and the fold see it.
+_Row = namedtuple("_Row", "id metric_id quantity events_count last_event_at state source quota_notified")
 
 
 class FusionBillingUsage(models.Model):
     """Usage of one metric by one subscription over one billing period (a rollup).
 
-    One row per (subscription, metric, period start): events and pushed counters
-    update it in place (``INSERT … ON CONFLICT``), so re-sending never double counts.
+    One row per (subscription, metric, period start). The events API does not update it per
+    request: it appends ``fusion.billing.usage.delta`` rows (append-only, so concurrent batches
+    never collide on this row). The usage of a period is this row plus its deltas: readers add them
+    (``_fc_live_totals``), the period close and the fold cron merge them in (``_fc_fold``).
+    Deduplication is on the events (by transaction id), so re-sending never double counts.
     """
 
     _name = "fusion.billing.usage"
@@ -86,46 +95,205 @@ class FusionBillingUsage(models.Model):
 
     # ------------------------------------------------------------------ event rollups
     @api.model
-    def _add_events(self, subscription_id, metric, period_start, period_end, events, included_quantity=0):
-        """Fold freshly stored ``events`` (rows with id, timestamp, properties) of one
-        subscription/metric/period into its usage row; signal once when the row reaches the
-        charge's ``included_quantity``.
+    def _fc_append_events(self, subscription_id, metric, period_start, period_end, events, included_quantity=0):
+        """Ingest (in its own READ COMMITTED transaction): add freshly stored ``events`` (rows with
+        id, timestamp, properties) of one subscription/metric/period as a delta row, without
+        touching the usage row; signal once when the period reaches ``included_quantity``.
 
-        One atomic ``INSERT … ON CONFLICT DO UPDATE`` per row: concurrent workers add up
-        instead of overwriting. Events for a period no longer open are marked late.
+        A period whose row is no longer open (closed or billed) takes no delta: its events are
+        marked late at once. If the period closes while this transaction runs, the delta lands
+        after the close's fold and the next fold marks its events late (see ``_fc_fold``).
+        Returns the events' state (``processed`` or ``late``).
         """
+        row = self._fc_rows(subscription_id, period_start).get(metric.id)
+        event_ids = [event["id"] for event in events]
+        if row and row.state != "open":
+            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(event_ids),))
+            return "late"
         quantity, last_event_at = self._contribution(metric, events)
-        now = fields.Datetime.now()
-        self.env.cr.execute(f"""
-            INSERT INTO fusion_billing_usage AS usage
-                   (subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at,
-                    source, state, service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
-            SELECT so.id, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s,
-                   'events', 'open', so.x_fc_service_id, so.partner_id, so.company_id, %(uid)s, %(now)s, %(uid)s, %(now)s
-              FROM sale_order so WHERE so.id = %(subscription)s
-            ON CONFLICT (subscription_id, metric_id, period_start) DO UPDATE SET
-                   quantity = {self._MERGE_SQL[metric.aggregation]},
-                   events_count = usage.events_count + EXCLUDED.events_count,
-                   last_event_at = GREATEST(usage.last_event_at, EXCLUDED.last_event_at),
-                   write_uid = EXCLUDED.write_uid, write_date = EXCLUDED.write_date
-             WHERE usage.state = 'open'
-            RETURNING id, quantity, quota_notified""", {
-            "metric": metric.id, "start": period_start, "end": period_end, "quantity": quantity,
-            "count": len(events), "last": last_event_at, "uid": self.env.uid, "now": now,
-            "subscription": subscription_id,
-        })
-        row = self.env.cr.fetchone()
-        if not row:
-            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s",
-                                (tuple(event["id"] for event in events),))
-            for event in events:
-                event["state"] = "late"
+        self.env.cr.execute("""
+            INSERT INTO fusion_billing_usage_delta (subscription_id, metric_id, period_start, period_end, quantity,
+                                                    events_count, last_event_at, event_ids)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+            (subscription_id, metric.id, period_start, period_end, quantity, len(events), last_event_at,
+             json.dumps(event_ids)))
+        if included_quantity and not (row and row.quota_notified):
+            units, _count = self._fc_live_totals_of(subscription_id, period_start).get(metric.id, (0, 0))
+            if units >= included_quantity:
+                self._fc_notify_quota(subscription_id, metric, period_start, period_end, units)
+        return "processed"
+
+    @api.model
+    def _fc_rows(self, subscription_id, period_start):
+        """{metric id: _Row} of one subscription's period (as this transaction sees it)."""
+        self.flush_model()
+        self.env.cr.execute("""
+            SELECT id, metric_id, quantity, events_count, last_event_at, state, source, COALESCE(quota_notified, false)
+              FROM fusion_billing_usage WHERE subscription_id = %s AND period_start = %s""",
+            (subscription_id, period_start))
+        return {values[1]: _Row(*values) for values in self.env.cr.fetchall()}
+
+    @api.model
+    def _fc_live_totals(self, subscription, period_start):
+        """{metric id: (units, events_count)} of a subscription's period as its events stand: the
+        usage rows plus the deltas not folded yet. What current usage shows and the close rates
+        (the close folds first, so there it is the row itself)."""
+        return self._fc_live_totals_of(subscription.id, period_start)
+
+    @api.model
+    def _fc_live_totals_of(self, subscription_id, period_start):
+        rows = self._fc_rows(subscription_id, period_start)
+        self.env.cr.execute("""
+            SELECT d.metric_id, d.quantity, d.events_count, d.last_event_at, m.aggregation, d.period_end
+              FROM fusion_billing_usage_delta d JOIN fusion_billing_metric m ON m.id = d.metric_id
+             WHERE d.subscription_id = %s AND d.period_start = %s ORDER BY d.id""", (subscription_id, period_start))
+        totals = {metric_id: self._fc_start(row) for metric_id, row in rows.items()}
+        unique = {}
+        for metric_id, quantity, count, last, kind, period_end in self.env.cr.fetchall():
+            row = rows.get(metric_id)
+            if row and row.state != "open":
+                continue  # late events: the next fold marks them
+            totals[metric_id] = self._fc_merge(kind, totals.get(metric_id), (quantity, count, last))
+            if kind == "unique_count":
+                unique[metric_id] = period_end
+        for metric_id, period_end in unique.items():
+            totals[metric_id] = (self._fc_count_unique(subscription_id, metric_id, period_start, period_end),) + \
+                tuple(totals[metric_id][1:])
+        return {metric_id: (total[0], total[1]) for metric_id, total in totals.items() if total}
+
+    @staticmethod
+    def _fc_start(row):
+        """A row's totals to merge deltas into; None for a row that holds no usage yet (the quota
+        flag alone created it), so that a period starts from its first delta."""
+        if row.events_count == 0 and row.source == "events" and not row.quantity:
+            return None
+        return (row.quantity or 0, row.events_count or 0, row.last_event_at)
+
+    @staticmethod
+    def _fc_merge(kind, current, delta):
+        return delta if current is None else aggregation.merge(kind, current, delta)
+
+    @api.model
+    def _fc_fold(self, subscription_ids):
+        """Make the usage rows of ``subscription_ids`` exact: merge their deltas in, then delete them.
+
+        The period close calls it for the subscriptions it claimed (``FOR UPDATE SKIP LOCKED``)
+        before rating them, and the fold cron for every subscription with deltas (claimed the same
+        way), so two folds never run on one subscription at once and ingestion is never blocked.
+
+        No event is ever silently lost, even when events arrive for a period being closed:
+        * a delta committed before the close's snapshot is folded here and billed by that close;
+        * a delta committed after it is invisible to the close (REPEATABLE READ) and stays; once
+          the close has committed, its period's row is no longer open, so the next fold (this
+          method, from the cron or the next close) marks its events ``late`` (listed, reported in
+          ``events.errors``, not billed) and deletes it: exactly as events sent after the close;
+        * an event whose period is already closed when it arrives is marked late at ingestion.
+        Readers count a delta only while its row is open, so what current usage shows is what the
+        close bills. A row another transaction changed since this one's snapshot makes the fold
+        fail with a serialization failure: the caller's batch is rolled back and claimed again.
+        """
+        if not subscription_ids:
             return
-        usage_id, quantity, quota_notified = row
-        if metric.aggregation == "unique_count":
-            quantity = self._recount_unique(usage_id, metric)
-        if included_quantity and quantity >= included_quantity and not quota_notified:
-            self.browse(usage_id)._fc_check_quota(quantity)
+        self.flush_model()
+        cr = self.env.cr
+        cr.execute("""
+            SELECT d.id, d.subscription_id, d.metric_id, d.period_start, d.period_end, d.quantity, d.events_count,
+                   d.last_event_at, d.event_ids, m.aggregation
+              FROM fusion_billing_usage_delta d JOIN fusion_billing_metric m ON m.id = d.metric_id
+             WHERE d.subscription_id IN %s ORDER BY d.id""", (tuple(subscription_ids),))
+        deltas = cr.fetchall()
+        if not deltas:
+            return
+        groups = defaultdict(list)
+        for delta in deltas:
+            groups[(delta[1], delta[2], delta[3])].append(delta)
+        cr.execute("""
+            SELECT subscription_id, metric_id, period_start, id, quantity, events_count, last_event_at, state, source
+              FROM fusion_billing_usage WHERE subscription_id IN %s""", (tuple({key[0] for key in groups}),))
+        rows = {(sub, metric, start): values for sub, metric, start, *values in cr.fetchall()}
+        late, updates, inserts, unique = [], [], [], []
+        for key, group in groups.items():
+            row = rows.get(key)
+            if row and row[4] != "open":
+                late += [event_id for delta in group for event_id in (delta[8] or [])]
+                continue
+            kind = group[0][9]
+            total = self._fc_start(_Row(row[0], key[1], *row[1:], False)) if row else None
+            for delta in group:
+                total = self._fc_merge(kind, total, (delta[5], delta[6], delta[7]))
+            if row:
+                updates.append((row[0], total[0], total[1], total[2]))
+            else:
+                inserts.append((key[0], key[1], key[2], group[0][4]) + tuple(total))
+            if kind == "unique_count":
+                unique.append((key, group[0][4]))
+        if updates:
+            cr.execute(f"""
+                UPDATE fusion_billing_usage usage SET quantity = v.quantity, events_count = v.events_count,
+                       last_event_at = v.last_event_at, write_uid = %s, write_date = %s
+                  FROM (VALUES {", ".join(["(%s, %s::numeric, %s::int, %s::timestamp)"] * len(updates))})
+                       AS v(id, quantity, events_count, last_event_at)
+                 WHERE usage.id = v.id""", [self.env.uid, fields.Datetime.now()] + [v for row in updates for v in row])
+        if inserts:
+            now = fields.Datetime.now()
+            cr.execute(f"""
+                INSERT INTO fusion_billing_usage
+                       (subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at,
+                        source, state, service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
+                SELECT v.subscription_id, v.metric_id, v.period_start, v.period_end, v.quantity, v.events_count,
+                       v.last_event_at, 'events', 'open', so.x_fc_service_id, so.partner_id, so.company_id,
+                       %s, %s, %s, %s
+                  FROM (VALUES {", ".join(["(%s::int, %s::int, %s::date, %s::date, %s::numeric, %s::int, %s::timestamp)"]
+                                          * len(inserts))})
+                       AS v(subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at)
+                  JOIN sale_order so ON so.id = v.subscription_id
+                ON CONFLICT (subscription_id, metric_id, period_start) DO NOTHING""",
+                [self.env.uid, now, self.env.uid, now] + [v for row in inserts for v in row])
+        for (subscription_id, metric_id, period_start), period_end in unique:
+            cr.execute("UPDATE fusion_billing_usage SET quantity = %s WHERE subscription_id = %s AND metric_id = %s "
+                       "AND period_start = %s", (self._fc_count_unique(subscription_id, metric_id, period_start, period_end),
+                                                 subscription_id, metric_id, period_start))
+        if late:
+            cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s AND state = 'processed'",
+                       (tuple(late),))
+        cr.execute("DELETE FROM fusion_billing_usage_delta WHERE id IN %s", (tuple(delta[0] for delta in deltas),))
+        self.invalidate_model()
+        self.env["fusion.billing.event"].invalidate_model(["state"])
+
+    @api.model
+    def _cron_fold(self, batch_size=500):
+        """Fold the deltas of every subscription that has some, a batch at a time: keeps the deltas
+        readers add up few, and marks late the events of periods closed meanwhile. Subscriptions
+        the period close holds are skipped (it folds them itself); each batch commits."""
+        from . import batch_jobs  # noqa: PLC0415
+
+        self.env.cr.execute("SELECT DISTINCT subscription_id FROM fusion_billing_usage_delta")
+        pending = [row[0] for row in self.env.cr.fetchall()]
+        conflicts = 0
+        for offset in range(0, len(pending), batch_size):
+            chunk = tuple(pending[offset:offset + batch_size])
+            while True:
+                claimed = batch_jobs.claim(self.env, """
+                    SELECT id FROM sale_order WHERE id IN %s ORDER BY id FOR NO KEY UPDATE SKIP LOCKED""", (chunk,))
+                try:
+                    self._fc_fold(claimed)
+                    if not batch_jobs.commit_batch(self.env, len(claimed)):
+                        return
+                    conflicts = 0
+                    break
+                except batch_jobs.CONFLICTS as error:
+                    conflicts = batch_jobs.retry_after_conflict(self.env, error, conflicts)
+
+    # ------------------------------------------------------------------ helpers of the rollups
+    @api.model
+    def _fc_count_unique(self, subscription_id, metric_id, period_start, period_end):
+        """Distinct values of a unique-count metric's property over a period's processed events."""
+        self.env.cr.execute("""
+            SELECT COUNT(DISTINCT event.properties ->> metric.field_name)
+              FROM fusion_billing_event event JOIN fusion_billing_metric metric ON metric.id = event.metric_id
+             WHERE event.subscription_id = %s AND event.metric_id = %s AND event.state = 'processed'
+               AND event.timestamp >= %s AND event.timestamp < %s""", (subscription_id, metric_id, period_start, period_end))
+        return self.env.cr.fetchone()[0]
 
     @api.model
     def _fc_fold(self, subscription_ids):
@@ -200,15 +368,6 @@ class FusionBillingUsage(models.Model):
         # The raw update bypasses the ORM: recompute what depends on the state.
         self.browse(list(amounts)).modified(["state", "amount"])
 
-    _MERGE_SQL = {
-        "count": "usage.quantity + EXCLUDED.quantity",
-        "sum": "usage.quantity + EXCLUDED.quantity",
-        "max": "GREATEST(usage.quantity, EXCLUDED.quantity)",
-        "latest": "CASE WHEN usage.last_event_at IS NULL OR EXCLUDED.last_event_at >= usage.last_event_at "
-                  "THEN EXCLUDED.quantity ELSE usage.quantity END",
-        "unique_count": "usage.quantity",  # recounted from the events just after
-    }
-
     @api.model
     def _contribution(self, metric, events):
         """(quantity, latest timestamp) of a group of events under the metric's aggregation."""
@@ -217,31 +376,31 @@ class FusionBillingUsage(models.Model):
         ], metric.field_name)
         return result.units, max(event["timestamp"] for event in events)
 
-    def _fc_check_quota(self, quantity):
-        """Send ``subscription.usage_threshold_reached`` once per period when the included quota is used up
-        (``quantity`` is the row's new total), the hard-quota signal apps use to gate features (Lago issue #209)."""
-        self.ensure_one()
-        charge = self.subscription_id._fc_charges().filtered(lambda c: c.metric_id == self.metric_id)[:1]
-        if not charge.included_quantity or quantity < charge.included_quantity:
-            return
-        self.env.cr.execute("UPDATE fusion_billing_usage SET quota_notified = true WHERE id = %s AND NOT "
-                            "COALESCE(quota_notified, false) RETURNING id", (self.id,))
-        if self.env.cr.fetchone():
-            subscription = self.subscription_id
-            obj = subscription._fc_webhook_object()
-            obj["usage_threshold"] = {"billable_metric_code": self.metric_id.code, "included_units": str(
-                charge.included_quantity), "units": str(float(quantity)), "period_start": str(self.period_start)}
-            self.env["fusion.billing.webhook"]._enqueue(
-                subscription.x_fc_service_id, "subscription.usage_threshold_reached", subscription, obj=obj)
-
     @api.model
-    def _recount_unique(self, usage_id, metric):
+    def _fc_notify_quota(self, subscription_id, metric, period_start, period_end, units):
+        """Send ``subscription.usage_threshold_reached`` once per period when the included quota is
+        used up (``units``: the period's total), the hard-quota signal apps use to gate features
+        (Lago issue #209). Exactly once: the flag is set by one ``INSERT … ON CONFLICT`` that only
+        the first transaction to cross the quota wins (the only write of a usage row by ingestion,
+        once per period)."""
+        now = fields.Datetime.now()
         self.env.cr.execute("""
-            UPDATE fusion_billing_usage usage SET quantity = (
-                SELECT COUNT(DISTINCT event.properties ->> %s) FROM fusion_billing_event event
-                 WHERE event.subscription_id = usage.subscription_id AND event.metric_id = usage.metric_id
-                   AND event.timestamp >= usage.period_start AND event.timestamp < usage.period_end
-                   AND event.state = 'processed')
-             WHERE usage.id = %s
-            RETURNING quantity""", (metric.field_name, usage_id))
-        return self.env.cr.fetchone()[0]
+            INSERT INTO fusion_billing_usage AS usage
+                   (subscription_id, metric_id, period_start, period_end, quantity, events_count, source, state,
+                    quota_notified, service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
+            SELECT so.id, %(metric)s, %(start)s, %(end)s, 0, 0, 'events', 'open', true,
+                   so.x_fc_service_id, so.partner_id, so.company_id, %(uid)s, %(now)s, %(uid)s, %(now)s
+              FROM sale_order so WHERE so.id = %(subscription)s
+            ON CONFLICT (subscription_id, metric_id, period_start) DO UPDATE SET quota_notified = true
+             WHERE NOT COALESCE(usage.quota_notified, false) AND usage.state = 'open'
+            RETURNING id""", {"metric": metric.id, "start": period_start, "end": period_end, "uid": self.env.uid,
+                              "now": now, "subscription": subscription_id})
+        if not self.env.cr.fetchone():
+            return
+        subscription = self.env["sale.order"].browse(subscription_id)
+        charge = subscription._fc_charges().filtered(lambda c: c.metric_id == metric)[:1]
+        obj = subscription._fc_webhook_object()
+        obj["usage_threshold"] = {"billable_metric_code": metric.code, "included_units": str(charge.included_quantity),
+                                  "units": str(float(units)), "period_start": str(period_start)}
+        self.env["fusion.billing.webhook"]._enqueue(
+            subscription.x_fc_service_id, "subscription.usage_threshold_reached", subscription, obj=obj)

@@ -190,13 +190,17 @@ class SaleOrder(models.Model):
         return self.plan_id.x_fc_charge_ids.filtered("active")
 
     def _fc_rated_usage(self, period_start):
-        """[(charge, usage row or empty, rating)] of one period: what current usage shows and the invoice bills."""
+        """[(charge, usage row or empty, rating)] of one period: what current usage shows and the invoice bills.
+
+        Units include the usage deltas not folded into the rows yet (``fusion.billing.usage._fc_live_totals``)."""
         self.ensure_one()
         usages = {u.metric_id: u for u in self.x_fc_usage_ids if u.period_start == period_start}
+        live = self.env["fusion.billing.usage"]._fc_live_totals(self, period_start)
         rated = []
         for charge in self._fc_charges():
             usage = usages.get(charge.metric_id, self.env["fusion.billing.usage"])
-            rated.append((charge, usage, charge._rate(usage.quantity or 0, events_count=usage.events_count or 0)))
+            units, count = live.get(charge.metric_id.id, (0, 0))
+            rated.append((charge, usage, charge._rate(units, events_count=count)))
         return rated
 
     def _fc_taxes(self, product, amount):
@@ -214,12 +218,13 @@ class SaleOrder(models.Model):
         start, end = self._fc_period(period_start)
         currency = self.currency_id
         charges_usage, amount, taxes = [], 0, 0.0
-        for charge, usage, rating in self._fc_rated_usage(start):
+        live = self.env["fusion.billing.usage"]._fc_live_totals(self, start)
+        for charge, _usage, rating in self._fc_rated_usage(start):
             amount += rating.amount_minor
             taxes += self._fc_taxes(charge._fc_product(), rating.amount) if apply_taxes else 0.0
             charges_usage.append({
                 "units": rating.units,
-                "events_count": usage.events_count or 0,
+                "events_count": live.get(charge.metric_id.id, (0, 0))[1],
                 "amount_cents": rating.amount_minor,
                 "amount_currency": currency.name,
                 "charge": {"lago_id": str(charge.id), "code": charge.code or charge.metric_id.code,

@@ -13,3 +13,4 @@ from . import test_openapi
 from . import test_api_robustness
 from . import test_api_technical_user
 from . import test_api_concurrency
+from . import test_usage_deltas

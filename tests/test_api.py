@@ -1,5 +1,7 @@
 import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from decimal import Decimal
 
 import requests
 
@@ -191,6 +193,9 @@ class TestApiEvents(FusionBillingApiCase):
                      "timestamp": ts, "properties": {"gb": gb}}, **extra)
 
     def _usage(self):
+        """The usage row, made exact first: events add append-only deltas that the period close
+        (and a cron job) fold into it (``fusion.billing.usage._fc_fold``)."""
+        self.env["fusion.billing.usage"]._fc_fold(self.subscription.ids)
         return self.env["fusion.billing.usage"].search([("subscription_id", "=", self.subscription.id)])
 
     def test_event_rolls_up_once_and_replay_is_harmless(self):
@@ -204,6 +209,9 @@ class TestApiEvents(FusionBillingApiCase):
         self.assertEqual((conflict.status_code, conflict.json()["error_details"]),
                          (422, {"transaction_id": ["value_already_exist"]}))
         self.api("POST", "events", {"event": self._event("tx2", "2.5")})
+        live = self.env["fusion.billing.usage"]._fc_live_totals(self.subscription, self.subscription._fc_period(
+            datetime.fromtimestamp(T0))[0])
+        self.assertEqual(live[self.metric_bandwidth.id], (Decimal("42.5"), 2), "readers add the deltas not folded yet")
         usage = self._usage()
         self.assertEqual((usage.quantity, usage.events_count), (42.5, 2))
         self.assertEqual((str(usage.period_start), str(usage.period_end)), ("2026-11-01", "2026-12-01"))

@@ -6,6 +6,7 @@ from odoo.http import request
 from odoo.tests import tagged
 
 from ..controllers.api import BillingApi
+from ..core import keys
 from .common import FusionBillingApiCase
 
 MODELS = {
@@ -81,7 +82,7 @@ class TestApiTechnicalUser(FusionBillingApiCase):
         leaks = [model for model, services in seen["records"].items() if self.other.id in services]
         self.assertFalse(leaks, "another service's records are reachable")
         self.assertFalse(seen["su"], "never as superuser")
-        user = self.service.x_fc_api_user_id
+        user = self.service.api_user_id
         self.assertTrue(user, "every service has its technical user")
         self.assertEqual(seen["uid"], user.id)
         self.assertEqual(seen["records"]["fusion.billing.service"], [self.service.id])
@@ -89,12 +90,12 @@ class TestApiTechnicalUser(FusionBillingApiCase):
         self.assertEqual(seen["records"]["fusion.billing.account.link"], [self.service.id])
 
     def test_the_technical_user_is_least_privileged(self):
-        user = self.service.x_fc_api_user_id
+        user = self.service.api_user_id
         self.assertFalse(user.active, "cannot log in and takes no seat")
         self.assertFalse(user._is_superuser() or user._is_admin())
         self.assertFalse(user.has_group("fusion_centralize_billing.group_fusion_billing_manager"))
         self.assertEqual(user.company_ids, self.service.company_id)
-        self.assertNotEqual(user, self.other.x_fc_api_user_id, "one per service")
+        self.assertNotEqual(user, self.other.api_user_id, "one per service")
         # the same rules hold for ORM access as that user (not only through the API)
         as_api = self.env["sale.order"].with_user(user)
         self.assertFalse(as_api.search([("x_fc_service_id", "=", self.other.id)]))
@@ -102,6 +103,20 @@ class TestApiTechnicalUser(FusionBillingApiCase):
 
     def test_a_service_in_another_company_gets_a_user_of_that_company(self):
         company = self.env["res.company"].create({"name": "NexaSystems US", "currency_id": self.env.ref("base.USD").id})
+        self.billing_admin.company_ids |= company
         service = self._create_service("US Cloud", "uscloud", company_id=company.id)
-        self.assertEqual(service.x_fc_api_user_id.company_id, company)
-        self.assertEqual(service.x_fc_api_user_id.company_ids, company)
+        self.assertFalse(service.api_user_id, "created with the first key")
+        key = self._api_key(service)
+        self.assertEqual(service.api_user_id.company_id, company)
+        self.assertEqual(service.api_user_id.company_ids, company)
+        response = self.api("GET", "customers", key=key)
+        self.assertEqual(response.status_code, 200, response.text)
+
+    def test_a_key_made_before_api_users_existed_gets_one_at_first_call(self):
+        service = self._create_service("NexaMaps", "nexamaps")
+        plaintext, prefix, key_hash = keys.generate_key()
+        self.env["fusion.billing.api.key"].create({"service_id": service.id, "prefix": prefix, "key_hash": key_hash})
+        self.assertFalse(service.api_user_id)
+        response = self.api("GET", "customers", key=plaintext)
+        self.assertEqual(response.status_code, 200, response.text)
+        self.assertEqual(service.api_user_id.x_fc_api_service_id, service)

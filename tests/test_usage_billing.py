@@ -126,6 +126,9 @@ class TestUsageBilling(UsageBillingCase):
         february = {"transaction_id": "u-feb", "external_subscription_id": "sub_jan", "code": "active_users",
                     "timestamp": ts(2025, 2, 2), "properties": {"user": "dee"}}
         self.assertEqual(self.api("POST", "events", {"event": february}).status_code, 200)
+        live = self.env["fusion.billing.usage"]._fc_live_totals(order, date(2025, 1, 1))
+        self.assertEqual(live[metric.id], (3, 5), "readers count the events not folded yet")
+        self.env["fusion.billing.usage"]._fc_fold(order.ids)  # as the period close does first
         usage = order.x_fc_usage_ids.filtered(lambda u: u.metric_id == metric).sorted("period_start")
         self.assertEqual([(str(u.period_start), u.quantity, u.events_count) for u in usage],
                          [("2025-01-01", 3.0, 5), ("2025-02-01", 1.0, 1)])
