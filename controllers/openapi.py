@@ -1,11 +1,25 @@
 """OpenAPI 3 description of the Lago-compatible API, served at ``<prefix>/openapi.json``.
 
 Kept next to the router so the two change together; tier 2 checks every route is described.
+The input bounds come from ``core.lago.LIMITS`` / ``core.money``, the table validation uses.
 """
+from ..core import lago, money
 
 NULLABLE_STRING = {"type": "string", "nullable": True}
 DATETIME = {"type": "string", "format": "date-time", "nullable": True}
 CENTS = {"type": "integer"}
+ID = {"type": "string", "minLength": 1, "maxLength": lago.MAX_ID_LENGTH}
+MAX_MAGNITUDE = 10 ** money.MAX_INTEGER_DIGITS
+NUMBER = {"type": "number", "exclusiveMinimum": True, "minimum": -MAX_MAGNITUDE,
+          "exclusiveMaximum": True, "maximum": MAX_MAGNITUDE}
+DATE_INPUT = {"type": "string", "format": "date-time", "nullable": True,
+              "description": f"from {lago.DATE_MIN.isoformat()} to before {lago.DATE_MAX.isoformat()}"}
+BOUNDS = (f"Numbers (JSON numbers, and numeric strings read as numbers): |x| < 1e{money.MAX_INTEGER_DIGITS}, at most "
+          f"{money.MAX_FRACTION_DIGITS} decimal places, literals of at most {money.MAX_NUMBER_TEXT} characters. "
+          f"Bodies: at most {lago.MAX_BODY_BYTES} bytes, nesting depth {lago.MAX_DEPTH}, no NUL or lone surrogate "
+          f"in any string or key. Dates from {lago.DATE_MIN.date()} to before {lago.DATE_MAX.date()}. Ids at most "
+          f"{lago.MAX_ID_LENGTH} characters, query values {lago.MAX_QUERY_LENGTH}. Beyond a bound: 422 "
+          "validation_errors naming the field (value_is_out_of_range, too_deep, value_is_invalid, invalid_date).")
 
 
 def _ref(name):
@@ -34,7 +48,11 @@ ERRORS = {
     "404": _error(404, "Resource not found (or owned by another service)"),
     "405": _error(405, "Method not allowed, or no active subscription"),
     "413": _error(413, "Request body too large"),
-    "422": _error(422, "Validation errors: error_details {field: [code]}", with_details=True),
+    "422": _error(422, "Validation errors: error_details {field: [code]} (input bounds: info.x-limits)",
+                  with_details=True),
+    "503": _error(503, "A conflict with concurrent requests outlasted Odoo's replays. Retry after the "
+                       "Retry-After header's seconds: events are idempotent by transaction_id, customers and "
+                       "subscriptions by external_id, so a retry never counts twice."),
 }
 
 SCHEMAS = {
@@ -49,9 +67,11 @@ SCHEMAS = {
         "applicable_timezone": {"type": "string"}, "created_at": DATETIME, "updated_at": DATETIME,
     }, ["lago_id", "external_id", "applicable_timezone", "created_at", "updated_at"]),
     "CustomerInput": _object({
-        "external_id": {"type": "string", "minLength": 1}, "name": NULLABLE_STRING, "email": NULLABLE_STRING,
-        "currency": NULLABLE_STRING, "country": NULLABLE_STRING, "timezone": NULLABLE_STRING,
+        "external_id": ID, "name": NULLABLE_STRING, "email": NULLABLE_STRING,
+        "currency": NULLABLE_STRING, "country": NULLABLE_STRING,
+        "timezone": {"type": "string", "nullable": True, "description": "An IANA time zone name Odoo knows"},
         "customer_type": {"type": "string", "enum": ["company", "individual"], "nullable": True},
+        "net_payment_term": {"type": "integer", "minimum": 0, "maximum": lago.MAX_INTEGER, "nullable": True},
     }, ["external_id"]),
     "Plan": _object({
         "lago_id": {"type": "string"}, "name": {"type": "string"}, "code": {"type": "string"},
@@ -66,10 +86,8 @@ SCHEMAS = {
         "current_billing_period_started_at": DATETIME, "current_billing_period_ending_at": DATETIME,
     }, ["lago_id", "external_id", "external_customer_id", "plan_code", "status"]),
     "SubscriptionInput": _object({
-        "external_customer_id": {"type": "string", "minLength": 1}, "plan_code": {"type": "string", "minLength": 1},
-        "external_id": {"type": "string", "minLength": 1}, "name": NULLABLE_STRING,
-        "subscription_at": {"type": "string", "format": "date-time", "nullable": True},
-        "ending_at": {"type": "string", "format": "date-time", "nullable": True},
+        "external_customer_id": ID, "plan_code": ID, "external_id": ID, "name": NULLABLE_STRING,
+        "subscription_at": DATE_INPUT, "ending_at": DATE_INPUT,
         "billing_time": {"type": "string", "enum": ["calendar", "anniversary"], "nullable": True},
     }, ["external_customer_id", "plan_code", "external_id"]),
     "Event": _object({
@@ -80,13 +98,17 @@ SCHEMAS = {
                                                      "unknown_metric, invalid_property or late"},
     }, ["lago_id", "transaction_id", "code", "external_subscription_id", "timestamp"]),
     "EventInput": _object({
-        "transaction_id": {"type": "string", "minLength": 1},
-        "external_subscription_id": {"type": "string", "minLength": 1},
-        "code": {"type": "string", "minLength": 1},
-        "timestamp": {"oneOf": [{"type": "integer"}, {"type": "number"}, {"type": "string", "pattern": r"^\d+(\.\d+)?$"}],
-                      "nullable": True, "description": "Unix seconds; default now"},
-        "properties": {"type": "object", "nullable": True},
-        "precise_total_amount_cents": {"type": "string", "nullable": True},
+        "transaction_id": ID, "external_subscription_id": ID, "code": ID,
+        "timestamp": {"oneOf": [{"type": "integer", "minimum": 0, "exclusiveMaximum": True,
+                                 "maximum": int(lago.DATE_MAX.timestamp())},
+                                {"type": "number", "minimum": 0, "exclusiveMaximum": True,
+                                 "maximum": int(lago.DATE_MAX.timestamp())},
+                                {"type": "string", "pattern": r"^\d{1,12}(\.\d{1,9})?$"}],
+                      "nullable": True, "description": f"Unix seconds before {lago.DATE_MAX.date()}; default now"},
+        "properties": {"type": "object", "nullable": True,
+                       "description": "Numbers (and a metric's numeric strings) within info.x-limits.number; "
+                                      f"nesting within depth {lago.MAX_DEPTH} of the body"},
+        "precise_total_amount_cents": {"oneOf": [{"type": "string"}, NUMBER], "nullable": True},
     }, ["transaction_id", "external_subscription_id", "code"]),
     "BillableMetric": _object({
         "lago_id": {"type": "string"}, "name": {"type": "string"}, "code": {"type": "string"},
@@ -104,27 +126,32 @@ SCHEMAS = {
         "charges_usage": {"type": "array", "items": {"type": "object"}},
     }, ["from_datetime", "to_datetime", "currency", "amount_cents", "charges_usage"]),
     "AppBill": _object({
-        "external_subscription_id": {"type": "string", "minLength": 1},
+        "external_subscription_id": ID,
         "period_start": {"type": "string", "format": "date"}, "period_end": {"type": "string", "format": "date"},
         "external_customer_id": NULLABLE_STRING, "currency": NULLABLE_STRING, "plan_code": NULLABLE_STRING,
-        "base_fee_cents": {"type": "integer", "nullable": True}, "tax_cents": {"type": "integer", "nullable": True},
-        "usage": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "base_fee_cents": {"type": "integer", "nullable": True, "minimum": -lago.MAX_CENTS, "maximum": lago.MAX_CENTS},
+        "tax_cents": {"type": "integer", "nullable": True, "minimum": -lago.MAX_CENTS, "maximum": lago.MAX_CENTS},
+        "usage": {"type": "object", "additionalProperties": {"type": "integer", "minimum": -lago.MAX_CENTS,
+                                                              "maximum": lago.MAX_CENTS}},
     }, ["external_subscription_id", "period_start", "period_end"]),
     "AppBillsReceived": _object({"received": {"type": "integer"}}, ["received"]),
 }
 
 PAGE_PARAMETERS = [
-    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-    {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": lago.MAX_PAGE}},
+    {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": lago.MAX_PER_PAGE},
+     "description": "A larger value is served as the maximum"},
 ]
 
 
 def _path_param(name):
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+$"}}
+    return {"name": name, "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+$", "maxLength": lago.MAX_ID_LENGTH}}
 
 
 def _query_param(name, required=False):
-    return {"name": name, "in": "query", "required": required, "schema": {"type": "string"}}
+    return {"name": name, "in": "query", "required": required,
+            "schema": {"type": "string", "maxLength": lago.MAX_QUERY_LENGTH}}
 
 
 def _single(root, schema):
@@ -141,6 +168,7 @@ def _body(root, schema):
 
 
 def _op(summary, ok, errors=("401",), parameters=(), body=None):
+    errors = tuple(errors) + (("503",) if errors else ())  # every authenticated call may meet a conflict
     operation = {"summary": summary, "responses": dict({"200": ok}, **{code: ERRORS[code] for code in errors}),
                  "parameters": list(parameters), "security": [{"bearer": []}]}
     if body:
@@ -175,7 +203,8 @@ def document(base_path):
                 {"usage_periods": {"type": "array", "items": _ref("CustomerUsage")}, "meta": _ref("Meta")},
                 ["usage_periods", "meta"])}}}, ("401", "404", "405", "422"),
             [ext, _query_param("external_subscription_id", True), _query_param("billable_metric_code"),
-             _query_param("periods_count")] + PAGE_PARAMETERS)},
+             {"name": "periods_count", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                 "maximum": lago.MAX_PAGE}}] + PAGE_PARAMETERS)},
         "/customers/{external_id}/invoices": {"get": _op(
             "A customer's invoices", _list("invoices", "Invoice"), ("401", "404", "422"), [ext] + PAGE_PARAMETERS)},
         "/subscriptions": {
@@ -224,8 +253,8 @@ def document(base_path):
         "/reconciliation/app_bills": {"post": _op(
             "Dual run: amounts the app billed that Odoo cannot derive (minor units), per subscription and period",
             _single("app_bills", "AppBillsReceived"), body={"required": True, "content": {"application/json": {
-                "schema": _object({"app_bills": {"type": "array", "minItems": 1, "items": _ref("AppBill")}},
-                                  ["app_bills"])}}})},
+                "schema": _object({"app_bills": {"type": "array", "minItems": 1, "maxItems": lago.MAX_APP_BILLS,
+                                                 "items": _ref("AppBill")}}, ["app_bills"])}}})},
         "/invoices/{lago_id}/download": {"post": _op(
             "Render the invoice PDF; answers the invoice with file_url", _single("invoice", "Invoice"), ("401", "404"),
             [_path_param("lago_id")])},
@@ -233,7 +262,8 @@ def document(base_path):
     return {
         "openapi": "3.0.3",
         "info": {"title": "Fusion Centralized Billing — Lago-compatible API", "version": "1.0.0",
-                 "description": "Drop-in for the Lago clients: change only the base URL and API key."},
+                 "description": "Drop-in for the Lago clients: change only the base URL and API key. " + BOUNDS,
+                 "x-limits": lago.LIMITS},
         "servers": [{"url": base_path}],
         "security": [{"bearer": []}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},

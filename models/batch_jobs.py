@@ -62,9 +62,13 @@ def side_transaction(env):
     snapshot (an identical event inserted by a concurrent request, a key's last use) is a
     serialization failure that costs a replay of the whole request. READ COMMITTED waits for such
     a row and then sees it. The caller must keep it idempotent: the request may still be replayed.
-    In a test on the test's own cursor it is a savepoint (there is no second transaction there).
+    In a test on the test's own cursor it is a savepoint of that cursor: a second connection could
+    not see the test's uncommitted data, and would commit for real.
     """
+    if not real_transactions(env):
+        with env.cr.savepoint():
+            yield env
+        return
     with env.registry.cursor() as cr:
-        if real_transactions(env):
-            cr.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cr.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         yield env(cr=cr)
