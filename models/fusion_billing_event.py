@@ -196,11 +196,13 @@ class FusionBillingEvent(models.Model):
         """Append freshly stored event rows to usage: one delta per subscription, metric and period
         (``fusion.billing.usage._fc_append_events``); events of a closed period become late."""
         by_subscription = {target.subscription_id: target for found in targets.values() for target in found}
-        groups = defaultdict(list)
+        groups, bounds = defaultdict(list), {}
         for row in rows:
-            target = by_subscription[row["subscription_id"]]
-            start, end = periods.period_bounds(target.start, target.period_unit, target.period_value, row["timestamp"])
-            groups[(row["subscription_id"], row["metric_id"], start, end)].append(row)
+            day = (row["subscription_id"], row["timestamp"].date())
+            if day not in bounds:
+                target = by_subscription[row["subscription_id"]]
+                bounds[day] = periods.period_bounds(target.start, target.period_unit, target.period_value, day[1])
+            groups[(row["subscription_id"], row["metric_id"], *bounds[day])].append(row)
         included = self._included_quantities({t.plan_id for t in by_subscription.values()}, set(metrics_by_id))
         usage = self.env["fusion.billing.usage"]
         for subscription_id, metric_id, start, end in sorted(groups):

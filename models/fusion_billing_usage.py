@@ -105,22 +105,28 @@ class FusionBillingUsage(models.Model):
         after the close's fold and the next fold marks its events late (see ``_fc_fold``).
         Returns the events' state (``processed`` or ``late``).
         """
-        row = self._fc_rows(subscription_id, period_start).get(metric.id)
         event_ids = [event["id"] for event in events]
-        if row and row.state != "open":
-            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(event_ids),))
-            return "late"
         quantity, last_event_at = self._contribution(metric, events)
+        self.flush_model()
         self.env.cr.execute("""
             INSERT INTO fusion_billing_usage_delta (subscription_id, metric_id, period_start, period_end, quantity,
                                                     events_count, last_event_at, event_ids)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-            (subscription_id, metric.id, period_start, period_end, quantity, len(events), last_event_at,
-             json.dumps(event_ids)))
-        if included_quantity and not (row and row.quota_notified):
-            units, _count = self._fc_live_totals_of(subscription_id, period_start).get(metric.id, (0, 0))
-            if units >= included_quantity:
-                self._fc_notify_quota(subscription_id, metric, period_start, period_end, units)
+            SELECT %(subscription)s, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s, %(ids)s
+             WHERE NOT EXISTS (SELECT 1 FROM fusion_billing_usage
+                                WHERE subscription_id = %(subscription)s AND metric_id = %(metric)s
+                                  AND period_start = %(start)s AND state != 'open')
+            RETURNING id""", {"subscription": subscription_id, "metric": metric.id, "start": period_start,
+                              "end": period_end, "quantity": quantity, "count": len(events), "last": last_event_at,
+                              "ids": json.dumps(event_ids)})
+        if not self.env.cr.fetchone():  # the period is closed (or billed)
+            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(event_ids),))
+            return "late"
+        if included_quantity:
+            row = self._fc_rows(subscription_id, period_start).get(metric.id)
+            if not (row and row.quota_notified):
+                units, _count = self._fc_live_totals_of(subscription_id, period_start).get(metric.id, (0, 0))
+                if units >= included_quantity:
+                    self._fc_notify_quota(subscription_id, metric, period_start, period_end, units)
         return "processed"
 
     @api.model
