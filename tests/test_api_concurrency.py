@@ -16,7 +16,7 @@ from odoo.tests import TransactionCase, tagged
 from .common import OdooServer, real_session
 
 CLIENTS = 8
-ROUNDS = 6
+ROUNDS = 12
 BATCH = 50
 STEP = 40  # consecutive windows share 10 transaction ids: clients replay each other's events at once
 
