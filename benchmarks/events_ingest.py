@@ -208,6 +208,9 @@ def main():
     target = 0.40 if options.contention else 0.25
     conflicts = sum("SERIALIZATION_FAILURE" in line or "DEADLOCK_DETECTED" in line or "ConcurrencyError" in line
                     for line in log)
+    # Odoo's access log: "POST /…/events/batch HTTP/1.1" <status> - <queries> <SQL s> <other s>
+    served = [line.split()[-3:] for line in log if "/events/batch HTTP" in line]
+    served = [(int(q), float(sql), float(other)) for q, sql, other in served if q.isdigit()]
     mode = (f"contention: {options.clients} clients on {subscriptions} subscriptions, 10 % cross-client replays"
             if options.contention else f"{options.clients} clients on {subscriptions} subscriptions, 10 % replayed batches")
     print(f"\nmode  : {mode}, {options.workers} workers")
@@ -216,6 +219,10 @@ def main():
           f" max {http['max'] * 1000:.0f} ms")
     print(f"answers: {dict(sorted(http['statuses'].items()))} (every answer, retries included); "
           f"conflicts Odoo replayed (server log): {conflicts}")
+    if served:
+        print(f"server: per batch {statistics.mean(q for q, _s, _o in served):.1f} queries, "
+              f"{statistics.mean(sql for _q, sql, _o in served) * 1000:.1f} ms in SQL, "
+              f"{statistics.mean(other for _q, _s, other in served) * 1000:.1f} ms in Python (mean of {len(served)})")
     print(f"raw   : {raw['table']:8.0f} events/s (psycopg2 execute_values, same rows, into the event table; "
           f"{raw_before['table']:.0f} before and {raw_after['table']:.0f} after the HTTP run)")
     print(f"ratio : {ratio:.2f} (target ≥ {target:.2f}) {'OK' if ratio >= target else 'BELOW TARGET'}; "

@@ -169,7 +169,12 @@ def _json_float(text):
 
 
 def _tree_problems(payload):
-    """Lago ``error_details`` of every bound a parsed body breaks (iterative: any depth is safe)."""
+    """Lago ``error_details`` of every bound a parsed body breaks (iterative: any depth is safe).
+
+    A fast pass over the containers first (the common, clean case); paths are only built when
+    something is wrong."""
+    if not _tree_suspect(payload):
+        return {}
     details = {}
     stack = [(payload, 1, ())]
     while stack:
@@ -189,6 +194,22 @@ def _tree_problems(payload):
         elif isinstance(value, str) and FORBIDDEN_TEXT.search(value):
             _add_problem(details, path, "value_is_invalid")
     return details
+
+
+def _tree_suspect(payload):
+    """Whether a parsed body may break a bound: too deep, a number out of range, a bad string."""
+    stack = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+            elif item is _OUT_OF_RANGE or (isinstance(item, str) and FORBIDDEN_TEXT.search(item)) \
+                    or (isinstance(key, str) and FORBIDDEN_TEXT.search(key)):
+                return True
+    return False
 
 
 def _add_problem(details, path, code):

@@ -2,6 +2,7 @@
 from contextlib import contextmanager
 
 import psycopg2.errors
+from psycopg2.extensions import ISOLATION_LEVEL_READ_COMMITTED
 
 from odoo.modules import module
 
@@ -70,5 +71,7 @@ def side_transaction(env):
             yield env
         return
     with env.registry.cursor() as cr:
-        cr.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        # Sent with the transaction's BEGIN (no round trip); Odoo's next cursor on this pooled
+        # connection sets REPEATABLE READ back (sql_db.Cursor.__init__).
+        cr.connection.set_isolation_level(ISOLATION_LEVEL_READ_COMMITTED)
         yield env(cr=cr)

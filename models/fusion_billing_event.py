@@ -15,8 +15,10 @@ EVENT_STATES = [
 ]
 
 
-# What ingestion needs of a subscription, read once per request.
+# What ingestion needs of a subscription, a service and a metric, read once per request.
 _Target = namedtuple("_Target", "subscription_id start terminated_at account_link_id plan_id period_unit period_value")
+_Owner = namedtuple("_Owner", "service_id company_id")
+_Metric = namedtuple("_Metric", "id aggregation field_name")
 
 
 class IngestConflict(Exception):
@@ -92,10 +94,12 @@ class FusionBillingEvent(models.Model):
         targets = self._resolve_subscriptions(service, {e["external_subscription_id"] for e in events})
         metrics = {m.code: m for m in self.env["fusion.billing.metric"].search(
             [("service_id", "=", service.id), ("code", "in", list({e["code"] for e in events}))])}
+        owner = _Owner(service.id, service.company_id.id)
+        kinds = {code: _Metric(metric.id, metric.aggregation, metric.field_name) for code, metric in metrics.items()}
         rows = []
         for index, event in enumerate(events):
             try:
-                rows.append(self._classify(service, event, targets, metrics))
+                rows.append(self._classify(owner, event, targets, kinds))
             except money.OutOfRange:
                 raise errors.Invalid({str(index): {"properties": ["value_is_out_of_range"]}}) from None
         # A stable order keeps concurrent batches from deadlocking on the unique index.
@@ -137,7 +141,10 @@ class FusionBillingEvent(models.Model):
         return candidates[0] if candidates and not candidates[0].terminated_at else None
 
     @api.model
-    def _classify(self, service, event, targets, metrics):
+    def _classify(self, owner, event, targets, metrics):
+        """The row to store for one clean event: its subscription and metric (``metrics``: code →
+        ``_Metric``) and whether it bills; raises ``money.OutOfRange`` for a numeric property
+        beyond the bounds."""
         timestamp = event["timestamp"].replace(tzinfo=None)
         target = self._subscription_at(targets.get(event["external_subscription_id"], []), timestamp)
         metric = metrics.get(event["code"])
@@ -150,8 +157,8 @@ class FusionBillingEvent(models.Model):
             state = "invalid_property"
         precise = event.get("precise_total_amount_cents")
         return {
-            "service_id": service.id,
-            "company_id": service.company_id.id,
+            "service_id": owner.service_id,
+            "company_id": owner.company_id,
             "transaction_id": event["transaction_id"],
             "external_subscription_id": event["external_subscription_id"],
             "code": event["code"],

@@ -109,35 +109,25 @@ class FusionBillingUsage(models.Model):
         quantity, last_event_at = self._contribution(metric, events)
         self.flush_model()
         self.env.cr.execute("""
+            WITH period AS (SELECT state, quota_notified FROM fusion_billing_usage
+                             WHERE subscription_id = %(subscription)s AND metric_id = %(metric)s
+                               AND period_start = %(start)s)
             INSERT INTO fusion_billing_usage_delta (subscription_id, metric_id, period_start, period_end, quantity,
                                                     events_count, last_event_at, event_ids)
             SELECT %(subscription)s, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s, %(ids)s
-             WHERE NOT EXISTS (SELECT 1 FROM fusion_billing_usage
-                                WHERE subscription_id = %(subscription)s AND metric_id = %(metric)s
-                                  AND period_start = %(start)s AND state != 'open')
-            RETURNING id""", {"subscription": subscription_id, "metric": metric.id, "start": period_start,
-                              "end": period_end, "quantity": quantity, "count": len(events), "last": last_event_at,
-                              "ids": json.dumps(event_ids)})
-        if not self.env.cr.fetchone():  # the period is closed (or billed)
+             WHERE NOT EXISTS (SELECT 1 FROM period WHERE state != 'open')
+            RETURNING (SELECT COALESCE(bool_or(quota_notified), false) FROM period)""", {
+            "subscription": subscription_id, "metric": metric.id, "start": period_start, "end": period_end,
+            "quantity": quantity, "count": len(events), "last": last_event_at, "ids": json.dumps(event_ids)})
+        appended = self.env.cr.fetchone()
+        if not appended:  # the period is closed (or billed)
             self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(event_ids),))
             return "late"
-        if included_quantity:
-            row = self._fc_rows(subscription_id, period_start).get(metric.id)
-            if not (row and row.quota_notified):
-                units, _count = self._fc_live_totals_of(subscription_id, period_start).get(metric.id, (0, 0))
-                if units >= included_quantity:
-                    self._fc_notify_quota(subscription_id, metric, period_start, period_end, units)
+        if included_quantity and not appended[0]:
+            units, _count = self._fc_live_totals_of(subscription_id, period_start).get(metric.id, (0, 0))
+            if units >= included_quantity:
+                self._fc_notify_quota(subscription_id, metric, period_start, period_end, units)
         return "processed"
-
-    @api.model
-    def _fc_rows(self, subscription_id, period_start):
-        """{metric id: _Row} of one subscription's period (as this transaction sees it)."""
-        self.flush_model()
-        self.env.cr.execute("""
-            SELECT id, metric_id, quantity, events_count, last_event_at, state, source, COALESCE(quota_notified, false)
-              FROM fusion_billing_usage WHERE subscription_id = %s AND period_start = %s""",
-            (subscription_id, period_start))
-        return {values[1]: _Row(*values) for values in self.env.cr.fetchall()}
 
     @api.model
     def _fc_live_totals(self, subscription, period_start):
@@ -148,23 +138,32 @@ class FusionBillingUsage(models.Model):
 
     @api.model
     def _fc_live_totals_of(self, subscription_id, period_start):
-        rows = self._fc_rows(subscription_id, period_start)
+        self.flush_model()
         self.env.cr.execute("""
-            SELECT d.metric_id, d.quantity, d.events_count, d.last_event_at, m.aggregation, d.period_end
+            SELECT 0, u.id, u.metric_id, u.quantity, u.events_count, u.last_event_at, u.state, u.source,
+                   m.aggregation, u.period_end
+              FROM fusion_billing_usage u JOIN fusion_billing_metric m ON m.id = u.metric_id
+             WHERE u.subscription_id = %(subscription)s AND u.period_start = %(start)s
+             UNION ALL
+            SELECT 1, d.id, d.metric_id, d.quantity, d.events_count, d.last_event_at, NULL, NULL,
+                   m.aggregation, d.period_end
               FROM fusion_billing_usage_delta d JOIN fusion_billing_metric m ON m.id = d.metric_id
-             WHERE d.subscription_id = %s AND d.period_start = %s ORDER BY d.id""", (subscription_id, period_start))
-        totals = {metric_id: self._fc_start(row) for metric_id, row in rows.items()}
-        unique = {}
-        for metric_id, quantity, count, last, kind, period_end in self.env.cr.fetchall():
-            row = rows.get(metric_id)
-            if row and row.state != "open":
+             WHERE d.subscription_id = %(subscription)s AND d.period_start = %(start)s
+          ORDER BY 1, 2""", {"subscription": subscription_id, "start": period_start})
+        totals, states, unique = {}, {}, {}
+        for is_delta, row_id, metric_id, quantity, count, last, state, source, kind, period_end in self.env.cr.fetchall():
+            if not is_delta:
+                states[metric_id] = state
+                totals[metric_id] = self._fc_start(_Row(row_id, metric_id, quantity, count, last, state, source, False))
+            elif states.get(metric_id, "open") != "open":
                 continue  # late events: the next fold marks them
-            totals[metric_id] = self._fc_merge(kind, totals.get(metric_id), (quantity, count, last))
-            if kind == "unique_count":
-                unique[metric_id] = period_end
+            else:
+                totals[metric_id] = self._fc_merge(kind, totals.get(metric_id), (quantity, count, last))
+                if kind == "unique_count":  # a row alone is exact (the fold counted it)
+                    unique[metric_id] = period_end
         for metric_id, period_end in unique.items():
-            totals[metric_id] = (self._fc_count_unique(subscription_id, metric_id, period_start, period_end),) + \
-                tuple(totals[metric_id][1:])
+            counted = self._fc_count_unique(subscription_id, metric_id, period_start, period_end)
+            totals[metric_id] = (counted,) + tuple((totals.get(metric_id) or (0, 0, None))[1:])
         return {metric_id: (total[0], total[1]) for metric_id, total in totals.items() if total}
 
     @staticmethod
