@@ -23,6 +23,7 @@ from odoo.http import request
 from odoo.modules.module import get_manifest
 
 from ..core import errors, keys, lago
+from ..models import batch_jobs
 from ..models.fusion_billing_event import IngestConflict
 from . import openapi
 
@@ -36,6 +37,10 @@ RETRYABLE_PGCODES = {errorcodes.SERIALIZATION_FAILURE, errorcodes.DEADLOCK_DETEC
 # Handlers that create an object by its external id: two simultaneous first creations collide on
 # the unique index; the loser is replayed (ConcurrencyError) and finds the winner's committed row.
 CREATING_HANDLERS = {"customer_upsert", "subscription_create"}
+# Handlers whose transaction runs READ COMMITTED (they only read, and insert rows deduplicated by a
+# unique index): an identical event a concurrent request inserted is waited for and seen, where
+# Odoo's REPEATABLE READ would fail the request and replay it (fusion.billing.event._ingest).
+READ_COMMITTED_HANDLERS = {"event_create", "event_batch"}
 
 
 class LagoResponse(HTTPException):
@@ -111,6 +116,8 @@ class BillingApi(http.Controller):
         handler = None
         try:
             handler, kwargs = ROUTER.match(request.httprequest.method, subpath.strip("/"))
+            if handler in READ_COMMITTED_HANDLERS:
+                batch_jobs.start_read_committed(request.env.cr)
             lago.check_text_params(kwargs, kind="path")
             lago.check_text_params(request.httprequest.args.to_dict(flat=False))
             service = None if handler in PUBLIC_HANDLERS else self._authenticate()
@@ -303,8 +310,7 @@ class BillingApi(http.Controller):
 
     def event_batch(self, service):
         cleaned = lago.validate_batch(self._json(), now=_now())
-        events = request.env["fusion.billing.event"]._ingest(service, cleaned)
-        return {"events": [lago.event(event) for event in events]}
+        return lago.events(request.env["fusion.billing.event"]._ingest(service, cleaned))
 
     def event_list(self, service):
         query = self._query()

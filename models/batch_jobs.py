@@ -2,7 +2,7 @@
 from contextlib import contextmanager
 
 import psycopg2.errors
-from psycopg2.extensions import ISOLATION_LEVEL_READ_COMMITTED
+from psycopg2.extensions import ISOLATION_LEVEL_READ_COMMITTED, TRANSACTION_STATUS_IDLE
 
 from odoo.modules import module
 
@@ -52,6 +52,36 @@ def retry_after_conflict(env, error, retries):
         raise error
     env.cr.rollback()
     return retries + 1
+
+
+def start_read_committed(cr):
+    """Run the transaction ``cr`` is about to start in READ COMMITTED instead of Odoo's REPEATABLE
+    READ, if it has not started yet (True then). Stays so across Odoo's replays of the request (a
+    rollback keeps the connection's setting); Odoo's next cursor on this pooled connection sets
+    REPEATABLE READ back (``sql_db.Cursor.__init__``). Never on a test's own cursor."""
+    connection = getattr(cr, "connection", None)
+    if module.current_test or connection is None or connection.info.transaction_status != TRANSACTION_STATUS_IDLE:
+        return False
+    connection.set_isolation_level(ISOLATION_LEVEL_READ_COMMITTED)  # sent with the BEGIN: no round trip
+    return True
+
+
+def in_read_committed(cr):
+    connection = getattr(cr, "connection", None)
+    return connection is not None and not module.current_test and \
+        connection.isolation_level == ISOLATION_LEVEL_READ_COMMITTED
+
+
+@contextmanager
+def read_committed(env):
+    """``env`` where its writes run READ COMMITTED: the request's own transaction when it runs so
+    (``start_read_committed``: errors then roll the whole request back, as for any failed
+    request), else a ``side_transaction``."""
+    if in_read_committed(env.cr):
+        yield env
+    else:
+        with side_transaction(env) as side_env:
+            yield side_env
 
 
 @contextmanager

@@ -69,7 +69,7 @@ class FusionBillingApiKey(models.Model):
             prefix = keys.split_key(plaintext)
         except keys.MalformedKey:
             return self.browse()
-        key = self.sudo().search([("prefix", "=", prefix)], limit=1)
+        key = self.sudo().search_fetch([("prefix", "=", prefix)], ["key_hash", "service_id", "last_used_date"], limit=1)
         if not key or not keys.verify_key(plaintext, key.key_hash):
             return self.browse()
         key._touch()

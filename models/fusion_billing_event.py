@@ -79,10 +79,11 @@ class FusionBillingEvent(models.Model):
         payload, ``core.errors.Invalid`` (keyed by index) for a property out of range; nothing is
         stored then (all or nothing).
 
-        Designed not to conflict under concurrent workers: the writes run in a transaction of
-        their own, READ COMMITTED and committed at once (``batch_jobs.side_transaction``), where
-        an identical event a concurrent request just inserted is waited for and then seen (in the
-        request's REPEATABLE READ it was a serialization failure, i.e. a replay of the request).
+        Designed not to conflict under concurrent workers: the writes run READ COMMITTED
+        (``batch_jobs.read_committed``: the events API starts its request's transaction so, other
+        callers get a short transaction of its own), where an identical event a concurrent request
+        just inserted is waited for and then seen (in Odoo's REPEATABLE READ it was a
+        serialization failure, i.e. a replay of the request).
         Dedupe is the unique index (``ON CONFLICT DO NOTHING``) and only newly inserted events
         feed usage, as append-only deltas (``fusion.billing.usage._fc_append_events``): no
         request updates a row another request updates. The whole request may still be replayed
@@ -92,8 +93,9 @@ class FusionBillingEvent(models.Model):
             return []
         self.env.flush_all()  # the rest is plain SQL
         targets = self._resolve_subscriptions(service, {e["external_subscription_id"] for e in events})
-        metrics = {m.code: m for m in self.env["fusion.billing.metric"].search(
-            [("service_id", "=", service.id), ("code", "in", list({e["code"] for e in events}))])}
+        metrics = {m.code: m for m in self.env["fusion.billing.metric"].search_fetch(
+            [("service_id", "=", service.id), ("code", "in", list({e["code"] for e in events}))],
+            ["code", "aggregation", "field_name"])}
         owner = _Owner(service.id, service.company_id.id)
         kinds = {code: _Metric(metric.id, metric.aggregation, metric.field_name) for code, metric in metrics.items()}
         rows = []
@@ -105,14 +107,14 @@ class FusionBillingEvent(models.Model):
         # A stable order keeps concurrent batches from deadlocking on the unique index.
         rows.sort(key=lambda row: (row["external_subscription_id"], row["transaction_id"]))
         keys = [(e["external_subscription_id"], e["transaction_id"]) for e in events]
-        with batch_jobs.side_transaction(self.env) as env:
+        with batch_jobs.read_committed(self.env) as env:
             model = self.with_env(env)
             inserted = model._insert_new(rows)
             stored = dict(inserted)
             stored.update(model._stored_rows(service, [key for key in keys if key not in inserted]))
             for index, key in enumerate(keys):
                 if stored[key]["fingerprint"] != events[index]["fingerprint"]:
-                    raise IngestConflict(index)  # leaves the side transaction: rolled back
+                    raise IngestConflict(index)  # rolled back: nothing of the batch is stored
             model._roll_up([row for row in inserted.values() if row["state"] == "processed"], targets,
                            {metric.id: metric.with_env(env) for metric in metrics.values()})
         links = {target.subscription_id: target.account_link_id for found in targets.values() for target in found}

@@ -197,3 +197,14 @@ def test_merging_deltas_equals_aggregating_all_events():
             total = aggregation.merge(kind, total, (part.units, part.events_count, max(e["timestamp"] for e in chunk)))
         whole = aggregation.aggregate(kind, events, "n")
         assert (total[0], total[1]) == (whole.units, whole.events_count), kind
+
+
+def test_the_batch_answer_is_the_events_as_one_by_one():
+    values = [{"lago_id": "1", "transaction_id": "t", "lago_customer_id": None, "code": "c",
+               "timestamp": datetime(2026, 11, 18, 11, 6, 40, 250000), "precise_total_amount_cents": "12.50",
+               "properties": {"gb": 1, "nested": {"a": [1, "x"]}}, "lago_subscription_id": "3",
+               "external_subscription_id": "s", "created_at": datetime(2026, 11, 18, 12, 0), "status": "processed"},
+              {"lago_id": "2", "transaction_id": "u", "lago_customer_id": False, "code": "c",
+               "timestamp": datetime(2026, 11, 18), "precise_total_amount_cents": None, "properties": {},
+               "lago_subscription_id": None, "external_subscription_id": "s", "created_at": None, "status": "late"}]
+    assert lago.dumps(lago.events(values)) == lago.dumps({"events": [lago.event(v) for v in values]})
