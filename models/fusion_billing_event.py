@@ -186,8 +186,11 @@ class FusionBillingEvent(models.Model):
             INSERT INTO fusion_billing_event ({", ".join(columns)}, create_uid, create_date, write_uid, write_date)
             VALUES {placeholders}
             ON CONFLICT (service_id, external_subscription_id, transaction_id) DO NOTHING
-            RETURNING {", ".join(self._RETURNED)}, metric_id""", values)
-        return {(row["external_subscription_id"], row["transaction_id"]): row for row in self.env.cr.dictfetchall()}
+            RETURNING id, external_subscription_id, transaction_id""", values)
+        # A new row holds what was sent: only its id comes back (not its properties, parsed again).
+        sent = {(row["external_subscription_id"], row["transaction_id"]): row for row in rows}
+        return {(external_id, transaction_id): dict(sent[external_id, transaction_id], id=event_id, create_date=now)
+                for event_id, external_id, transaction_id in self.env.cr.fetchall()}
 
     @api.model
     def _stored_rows(self, service, keys):
