@@ -74,11 +74,13 @@ def in_read_committed(cr):
 
 @contextmanager
 def read_committed(env):
-    """``env`` where its writes run READ COMMITTED: the request's own transaction when it runs so
-    (``start_read_committed``: errors then roll the whole request back, as for any failed
-    request), else a ``side_transaction``."""
+    """``env`` where writes run READ COMMITTED and are committed on exit: the request's own
+    transaction when it runs so (``start_read_committed``; committed at once rather than after
+    the answer is built, so that rows other requests wait for are held the shortest time; an
+    error rolls the whole request back, as for any failed request), else a ``side_transaction``."""
     if in_read_committed(env.cr):
         yield env
+        env.cr.commit()
     else:
         with side_transaction(env) as side_env:
             yield side_env
