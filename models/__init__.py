@@ -5,6 +5,7 @@ from . import fusion_billing_metric
 from . import fusion_billing_charge
 from . import fusion_billing_usage
 from . import fusion_billing_usage_delta
+from . import fusion_billing_usage_live
 from . import fusion_billing_event
 from . import fusion_billing_webhook
 from . import fusion_billing_reconciliation

@@ -41,7 +41,7 @@ class ServiceOverview:
         cr = self.env.cr
         cr.execute("""
             SELECT u.metric_id, count(DISTINCT u.subscription_id), sum(u.quantity)
-              FROM fusion_billing_usage u
+              FROM fusion_billing_usage_live u  -- rows + deltas not folded yet
               JOIN sale_order so ON so.id = u.subscription_id AND so.state != 'cancel'
              WHERE u.service_id = %(service)s AND u.period_start <= %(today)s AND u.period_end > %(today)s
              GROUP BY u.metric_id""", {"service": self.service.id, "today": self.today})
@@ -50,7 +50,7 @@ class ServiceOverview:
         cr.execute("""
             SELECT ch.id, u.metric_id, GREATEST(u.quantity, ch.included_quantity),
                    CASE WHEN ch.charge_model = 'percentage' THEN u.events_count ELSE 0 END, count(*)
-              FROM fusion_billing_usage u
+              FROM fusion_billing_usage_live u  -- rows + deltas not folded yet
               JOIN sale_order so ON so.id = u.subscription_id AND so.state != 'cancel'
               JOIN fusion_billing_charge ch ON ch.plan_id = so.plan_id AND ch.metric_id = u.metric_id AND ch.active
              WHERE u.service_id = %(service)s AND u.period_start <= %(today)s AND u.period_end > %(today)s

@@ -12,7 +12,7 @@ from odoo import Command
 from odoo.tests import TransactionCase, tagged
 
 from ..core import lago, periods
-from .common import real_cursor, real_session
+from .common import FusionBillingCase, real_cursor, real_session
 
 
 @tagged("post_install", "-at_install")
@@ -117,3 +117,43 @@ class TestEventsDuringThePeriodClose(TransactionCase):
                 events, rows = self.state_of(env)
         self.assertEqual(events, {"first": "processed", "second": "processed"})
         self.assertEqual([(float(quantity), count, state) for quantity, count, state in rows], [(5.0, 2, "closed")])
+
+
+@tagged("post_install", "-at_install")
+class TestLiveUsageReaders(FusionBillingCase):
+    """Readers see the deltas not folded yet, exactly as the fold will make the rows."""
+
+    def test_live_totals_the_view_and_the_fold_agree(self):
+        first = date.today().replace(day=1)
+        order = self._create_subscription(external_id="live_1", start_date=first)
+        metrics = {kind: self.env["fusion.billing.metric"].create({
+            "service_id": self.service.id, "name": kind, "code": f"m_{kind}", "aggregation": kind, "field_name": "v"})
+            for kind in ("sum", "max", "latest", "count")}
+        start, end = order._fc_period()
+        self.env["fusion.billing.usage"].create({  # a row folded earlier
+            "subscription_id": order.id, "metric_id": metrics["sum"].id, "period_start": start, "period_end": end,
+            "quantity": 150, "events_count": 3, "last_event_at": datetime.combine(start, datetime.min.time())})
+        at = int(datetime.combine(start, datetime.min.time(), tzinfo=timezone.utc).timestamp()) + 3600
+        batches = [[(5, 0), (9, 60)], [(-2, 30), (4, 60)], [(7, 10)]]  # (value, seconds): 'latest' ties at 60
+        for number, batch in enumerate(batches):
+            events = [lago.validate_event({"transaction_id": f"{kind}-{number}-{i}", "external_subscription_id": "live_1",
+                                           "code": f"m_{kind}", "timestamp": at + seconds, "properties": {"v": value}},
+                                          now=datetime.now(timezone.utc))
+                      for kind in metrics for i, (value, seconds) in enumerate(batch)]
+            self.env["fusion.billing.event"]._ingest(self.service, events)
+        expected = {"sum": (150 + 5 + 9 - 2 + 4 + 7, 8), "max": (9, 5), "latest": (4, 5), "count": (5, 5)}
+
+        live = self.env["fusion.billing.usage"]._fc_live_totals(order, start)
+        self.assertEqual({kind: (float(live[m.id][0]), live[m.id][1]) for kind, m in metrics.items()}, expected)
+        self.env.flush_all()
+        self.env.cr.execute("SELECT metric_id, quantity, events_count FROM fusion_billing_usage_live "
+                            "WHERE subscription_id = %s AND period_start = %s", [order.id, start])
+        view = {metric_id: (float(quantity), count) for metric_id, quantity, count in self.env.cr.fetchall()}
+        self.assertEqual({kind: view[m.id] for kind, m in metrics.items()}, expected, "the overview's view")
+        overview = {row["code"]: row["quantity"] for row in self.service._fc_overview_values()["metrics"]}
+        self.assertEqual(overview["m_sum"], 173, "the service overview counts what is not folded yet")
+
+        self.env["fusion.billing.usage"]._fc_fold(order.ids)
+        rows = {u.metric_id: (u.quantity, u.events_count) for u in order.x_fc_usage_ids}
+        self.assertEqual({kind: rows[m] for kind, m in metrics.items()}, expected, "the fold makes the rows exact")
+        self.assertFalse(self.env["fusion.billing.usage.delta"].sudo().search([("subscription_id", "=", order.id)]))
