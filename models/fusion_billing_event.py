@@ -95,7 +95,7 @@ class FusionBillingEvent(models.Model):
         targets = self._resolve_subscriptions(service, {e["external_subscription_id"] for e in events})
         metrics = {m.code: m for m in self.env["fusion.billing.metric"].search_fetch(
             [("service_id", "=", service.id), ("code", "in", list({e["code"] for e in events}))],
-            ["code", "aggregation", "field_name"])}
+            ["code", "aggregation", "field_name", "service_id"])}
         owner = _Owner(service.id, service.company_id.id)
         kinds = {code: _Metric(metric.id, metric.aggregation, metric.field_name) for code, metric in metrics.items()}
         rows = []

@@ -112,13 +112,15 @@ class FusionBillingUsage(models.Model):
             WITH period AS (SELECT state, quota_notified FROM fusion_billing_usage
                              WHERE subscription_id = %(subscription)s AND metric_id = %(metric)s
                                AND period_start = %(start)s)
-            INSERT INTO fusion_billing_usage_delta (subscription_id, metric_id, period_start, period_end, quantity,
-                                                    events_count, last_event_at, event_ids)
-            SELECT %(subscription)s, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s, %(ids)s
+            INSERT INTO fusion_billing_usage_delta (subscription_id, service_id, metric_id, period_start, period_end,
+                                                    quantity, events_count, last_event_at, event_ids)
+            SELECT %(subscription)s, %(service)s, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s,
+                   %(ids)s
              WHERE NOT EXISTS (SELECT 1 FROM period WHERE state != 'open')
             RETURNING (SELECT COALESCE(bool_or(quota_notified), false) FROM period)""", {
-            "subscription": subscription_id, "metric": metric.id, "start": period_start, "end": period_end,
-            "quantity": quantity, "count": len(events), "last": last_event_at, "ids": json.dumps(event_ids)})
+            "subscription": subscription_id, "service": metric.service_id.id, "metric": metric.id,
+            "start": period_start, "end": period_end, "quantity": quantity, "count": len(events),
+            "last": last_event_at, "ids": json.dumps(event_ids)})
         appended = self.env.cr.fetchone()
         if not appended:  # the period is closed (or billed)
             self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(event_ids),))

@@ -17,6 +17,7 @@ class FusionBillingUsageDelta(models.Model):
     _log_access = False
 
     subscription_id = fields.Many2one("sale.order", required=True, ondelete="cascade")
+    service_id = fields.Many2one("fusion.billing.service", required=True, ondelete="cascade")
     metric_id = fields.Many2one("fusion.billing.metric", required=True, ondelete="cascade")
     period_start = fields.Date(required=True)
     period_end = fields.Date(required=True)

@@ -29,7 +29,8 @@ class FusionBillingUsageLive(models.Model):
         self.env.cr.execute(f"""
             CREATE VIEW {self._table} AS
             WITH pending AS (
-                SELECT d.subscription_id, d.metric_id, d.period_start, max(d.period_end) AS period_end,
+                SELECT d.subscription_id, d.metric_id, d.period_start, max(d.service_id) AS service_id,
+                       max(d.period_end) AS period_end,
                        sum(d.quantity) AS sum_quantity, max(d.quantity) AS max_quantity,
                        (array_agg(d.quantity ORDER BY d.last_event_at DESC, d.id DESC))[1] AS latest_quantity,
                        max(d.last_event_at) AS last_event_at, sum(d.events_count) AS events_count
@@ -38,7 +39,7 @@ class FusionBillingUsageLive(models.Model):
             SELECT row_number() OVER () AS id,
                    COALESCE(u.subscription_id, p.subscription_id) AS subscription_id,
                    COALESCE(u.metric_id, p.metric_id) AS metric_id,
-                   so.x_fc_service_id AS service_id,
+                   COALESCE(u.service_id, p.service_id) AS service_id,
                    COALESCE(u.period_start, p.period_start) AS period_start,
                    COALESCE(u.period_end, p.period_end) AS period_end,
                    CASE WHEN p.subscription_id IS NULL OR u.state IN ('closed', 'billed') THEN u.quantity
@@ -59,5 +60,4 @@ class FusionBillingUsageLive(models.Model):
               FROM fusion_billing_usage u
               FULL JOIN pending p ON p.subscription_id = u.subscription_id AND p.metric_id = u.metric_id
                                  AND p.period_start = u.period_start
-              JOIN sale_order so ON so.id = COALESCE(u.subscription_id, p.subscription_id)
               JOIN fusion_billing_metric m ON m.id = COALESCE(u.metric_id, p.metric_id)""")
