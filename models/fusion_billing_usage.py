@@ -303,15 +303,6 @@ class FusionBillingUsage(models.Model):
         return self.env.cr.fetchone()[0]
 
     @api.model
-    def _fc_fold(self, subscription_ids):
-        """Make the usage rows of these subscriptions exact before they are rated.
-
-        The period close calls it for the subscriptions it has claimed, before reading their rows.
-        Ingestion updates the rows in place today, so they are always exact: nothing to do. (The
-        append-only ingestion of issue 14 folds its pending deltas here.)"""
-        return
-
-    @api.model
     def _fc_close_rows(self, periods_by_order, metric_ids_by_order):
         """Close one period per subscription: ``periods_by_order`` {order id: (start, end)},
         ``metric_ids_by_order`` {order id: metric ids it is charged for}. Rows missing for a

@@ -46,7 +46,7 @@ NATIVE_CLAIM = """
        AND ((so.id IN (SELECT id FROM invoiced) AND so.x_fc_usage_due_date <= so.next_invoice_date)
             OR so.x_fc_successor_id IN (SELECT id FROM invoiced))
      ORDER BY so.x_fc_usage_due_date, so.id
-     LIMIT %(limit)s FOR UPDATE OF so SKIP LOCKED"""
+     LIMIT %(limit)s FOR NO KEY UPDATE OF so SKIP LOCKED"""
 
 # Everything else that is due: shadow services, drafts, final periods not carried by a renewal,
 # and subscriptions set aside by an earlier run.
@@ -56,7 +56,7 @@ OTHER_CLAIM = """
        AND (service.billing_mode = 'shadow' OR so.state != 'sale' OR so.x_fc_billing_issue_at IS NOT NULL
             OR (so.x_fc_terminated_at <= %(now)s AND so.x_fc_successor_id IS NULL))
      ORDER BY so.x_fc_usage_due_date, so.partner_id, so.id
-     LIMIT %(limit)s FOR UPDATE OF so SKIP LOCKED"""
+     LIMIT %(limit)s FOR NO KEY UPDATE OF so SKIP LOCKED"""
 
 
 class BillingCycle:
