@@ -416,6 +416,7 @@ class TestBillingRunIsolation(UsageBillingCase):
         order = self.subscribe("sub_row", customer="cus_row")
         self.recurring("2025-01-01 03:00:00")
         self.push_january("sub_row")
+        self.env["fusion.billing.usage"]._fc_fold(order.ids)  # the fold job ran: the events' deltas are rows
         self.assertEqual(len(order.x_fc_usage_ids), 2)  # read (and cached) before the late row arrives
         self.env.cr.execute("""
             INSERT INTO fusion_billing_usage (subscription_id, metric_id, period_start, period_end, quantity,
