@@ -220,7 +220,7 @@ class BillingApi(http.Controller):
             domain.append(("external_id", "=", query["external_id"]))
         if query.get("search_term"):
             term = query["search_term"]
-            domain += ["|", "|", ("external_id", "ilike", term), ("partner_id.name", "ilike", term), ("email", "ilike", term)]
+            domain += ["|", "|", ("external_id", "ilike", term), ("api_name", "ilike", term), ("email", "ilike", term)]
         return self._page(request.env["fusion.billing.account.link"], domain,
                           lambda link: lago.customer(link._api_values()), "customers", order="id")
 

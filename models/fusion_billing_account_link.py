@@ -79,6 +79,10 @@ class FusionBillingAccountLink(models.Model):
         help="What the app sent differs from the contact in Odoo: review it (Odoo's contact is what bills).")
     partner_differences = fields.Html(
         string="Differences", compute="_compute_partner_differences", sanitize=False, compute_sudo=True)
+    api_name = fields.Char(
+        string="Name in the App", compute="_compute_api_name", store=True, compute_sudo=True,
+        help="The name this app sees for its customer (what it sent, or its own contact's): what the API "
+             "returns and searches, never a name another app or a person gave a shared contact.")
     email = fields.Char(help="E-mail as the app knows it.")
     email_normalised = fields.Char(compute="_compute_email_normalised", store=True, index=True)
     active = fields.Boolean(default=True, help="Unticked when the app deleted the customer (history is kept).")
@@ -109,6 +113,11 @@ class FusionBillingAccountLink(models.Model):
     def _compute_partner_differs(self):
         for link in self:
             link.partner_differs = bool(link._fc_partner_differences())
+
+    @api.depends("app_values", "partner_created", "partner_id.name")
+    def _compute_api_name(self):
+        for link in self:
+            link.api_name = link._fc_customer()["name"] or False
 
     @api.depends("partner_differs", "app_values")
     def _compute_partner_differences(self):

@@ -2,9 +2,12 @@
 user's contact, another company's or a non-customer's; an app writes only onto the contact its
 own account created (and nobody edited since); two accounts sharing a contact see only their
 own invoices; a merge is recorded in the contact's chatter."""
+import importlib.util
+import os
+
 from odoo.tests import new_test_user, tagged
 
-from .common import FusionBillingApiCase, NexacloudSourceCase
+from .common import FusionBillingApiCase, FusionBillingCase, NexacloudSourceCase
 from odoo.addons.fusion_centralize_billing.core.nexacloud_sample import sid
 
 ADMIN_EMAIL = "root.admin@nexasystems.example"
@@ -78,6 +81,25 @@ class TestIdentityApi(FusionBillingApiCase):
         self.assertTrue(merge, "the merge is recorded on the contact")
         self.assertIn("desk_1", merge[0].body)
         self.assertIn("NexaDesk", merge[0].body)
+
+    def test_search_term_matches_only_what_this_app_sent(self):
+        """``GET /customers?search_term=`` must not probe the shared contact's name another app gave it."""
+        desk = self._create_service("NexaDesk", "nexadesk")
+        self.customer(key=self._api_key(desk), external_id="desk_7", email="seven@client.example",
+                      name="Secret Seven Holdings")
+        self.customer(external_id="cloud_7", email="seven@client.example")
+        self.assertEqual(self.link("cloud_7").partner_id, self.link("desk_7", desk).partner_id)
+
+        def found(term, key=None):
+            response = self.api("GET", "customers", params={"search_term": term}, key=key)
+            self.assertEqual(response.status_code, 200, response.text)
+            return [c["external_id"] for c in response.json()["customers"]]
+
+        self.assertEqual(found("Secret Seven"), [], "another app's name for the shared contact leaks")
+        self.assertEqual(found("cloud_7"), ["cloud_7"])
+        self.assertEqual(found("seven@client"), ["cloud_7"])
+        self.customer(external_id="cloud_7", name="Seven (cloud)")
+        self.assertEqual(found("Seven (cloud)"), ["cloud_7"], "the name this app sent is searchable")
 
     def test_an_app_writes_only_its_own_unedited_contact(self):
         desk = self._create_service("NexaDesk", "nexadesk")
@@ -157,3 +179,44 @@ class TestIdentityImport(NexacloudSourceCase):
         owner = bob.filtered(lambda l: l.external_id == sid("u", 2))
         self.assertTrue(owner.partner_differs)
         self.assertIn("Bob Renamed Ltd.", owner.partner_differences)
+
+
+@tagged("post_install", "-at_install")
+class TestIdentityMigration(FusionBillingCase):
+    """Accounts made before 19.0.1.1.0 did not record whether they created their contact."""
+
+    def migration(self):
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations", "19.0.1.1.0", "post-migrate.py")
+        spec = importlib.util.spec_from_file_location("fc_post_migrate_1_1", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def old_link(self, external_id, email, partner=None):
+        """An account as the former code made it: its contact created with it, by the superuser."""
+        partner = partner or self.env["res.partner"].create({"name": external_id, "email": email})
+        link = self.env["fusion.billing.account.link"].create(
+            {"service_id": self.service.id, "external_id": external_id, "partner_id": partner.id, "email": email})
+        self.env.cr.execute("UPDATE fusion_billing_account_link SET partner_created = NULL, partner_synced = NULL "
+                            "WHERE id = %s", [link.id])
+        link.invalidate_recordset()
+        return link
+
+    def test_accounts_that_made_their_contact_may_write_it_again(self):
+        own = self.old_link("old_1", "one@client.example")
+        edited = self.old_link("old_2", "two@client.example")
+        edited.partner_id.with_user(self.env.ref("base.user_admin")).write({"phone": "+1 613 555 0100"})  # a person edited it
+        shared = self.old_link("old_3", "three@client.example")
+        self.env["fusion.billing.account.link"].create({
+            "service_id": self._create_service("NexaDesk", "nexadesk").id, "external_id": "desk_3",
+            "partner_id": shared.partner_id.id})
+        user_contact = new_test_user(self.env, "fc_old_user", groups="base.group_user").partner_id
+        with_user = self.old_link("old_4", "four@client.example", partner=user_contact)
+
+        marked = self.migration().mark_contacts_created_by_their_account(self.env)
+
+        self.assertEqual(marked, own)
+        self.assertTrue(own.partner_created)
+        self.assertEqual(own.partner_synced["email"], "one@client.example")
+        for link in (edited, shared, with_user):
+            self.assertFalse(link.partner_created, link.external_id)

@@ -1,5 +1,6 @@
 """19.0.1.1.0: write each plan's former stored base fee into its native recurring price rule, and
-mark the usage lines the former period close added to orders as billing-cycle lines (already billed)."""
+mark the usage lines the former period close added to orders as billing-cycle lines (already billed),
+and tell which app accounts created their contact (issue 16: only those may write it)."""
 from odoo import SUPERUSER_ID, api
 
 
@@ -20,3 +21,27 @@ def migrate(cr, version):
           FROM fusion_billing_usage usage
          WHERE usage.invoice_line_id IS NOT NULL AND line.x_fc_line_kind IS NULL AND line.sequence = 1000
            AND line.id IN (SELECT order_line_id FROM sale_order_line_invoice_rel WHERE invoice_line_id = usage.invoice_line_id)""")
+
+    mark_contacts_created_by_their_account(env)
+
+
+def mark_contacts_created_by_their_account(env):
+    """Accounts made before 19.0.1.1.0 do not say whether they created their contact, so no app
+    could write its contact any more. An account is taken to have created its contact when that
+    contact was created in the same transaction as the account, by code (the superuser, as the
+    former API and importer ran), was last written by code too (no person edited it), has no
+    user, and no other account shares it. Every other account keeps its app's values for review."""
+    env.cr.execute("""
+        SELECT link.id FROM fusion_billing_account_link link
+          JOIN res_partner partner ON partner.id = link.partner_id
+         WHERE NOT COALESCE(link.partner_created, false)
+           AND partner.create_date = link.create_date
+           AND partner.create_uid = %(root)s AND partner.write_uid = %(root)s
+           AND NOT EXISTS (SELECT 1 FROM res_users u WHERE u.partner_id = partner.id)
+           AND NOT EXISTS (SELECT 1 FROM fusion_billing_account_link other
+                            WHERE other.partner_id = link.partner_id AND other.id != link.id)""",
+                   {"root": SUPERUSER_ID})
+    links = env["fusion.billing.account.link"].browse([row[0] for row in env.cr.fetchall()])
+    for link in links:
+        link.sudo().write({"partner_created": True, "partner_synced": link._fc_partner_snapshot(link.partner_id)})
+    return links
