@@ -165,7 +165,9 @@ def post(url, body, headers, timeout=10, allow_loopback=False, max_bytes=MAX_RES
         data = response.read(max_bytes)
         return Response(response.status, excerpt(data))
     except (OSError, http.client.HTTPException):
-        if expired.is_set():
+        # The socket's own timeout (the time left) and the watchdog end at the same moment: either
+        # way it is the deadline, reported as such.
+        if expired.is_set() or time.monotonic() >= deadline:
             raise TimeoutError(f"no complete answer within {timeout:g} s") from None
         raise
     finally:

@@ -17,9 +17,10 @@ class AccountMove(models.Model):
              "from their subscription.")
     x_fc_account_link_id = fields.Many2one(
         "fusion.billing.account.link", string="App Account", index="btree_not_null", copy=False,
-        compute="_compute_x_fc_account_link_id", store=True,
+        compute="_compute_x_fc_account_link_id", store=True, readonly=False,
         help="The app account whose subscriptions this invoice bills (empty if it bills several or none): "
-             "the API lists an account's invoices by it, never by the contact several accounts may share.")
+             "the API lists an account's invoices by it, never by the contact several accounts may share. "
+             "Set by code on documents without order lines (e.g. a plan change's credit note).")
     x_fc_overdue_notified = fields.Boolean(copy=False, help="invoice.payment_overdue was sent to the app.")
     x_fc_payment_status_notified = fields.Char(
         copy=False, help="The Lago payment status last sent in invoice.payment_status_updated (none: pending).")
@@ -41,8 +42,10 @@ class AccountMove(models.Model):
     @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_account_link_id")
     def _compute_x_fc_account_link_id(self):
         for move in self:
-            links = move.invoice_line_ids.sale_line_ids.order_id.x_fc_account_link_id
-            move.x_fc_account_link_id = links if len(links) == 1 else False
+            orders = move.invoice_line_ids.sale_line_ids.order_id
+            if orders or not move.x_fc_account_link_id:  # no order lines: keep what code set
+                links = orders.x_fc_account_link_id
+                move.x_fc_account_link_id = links if len(links) == 1 else False
 
     # ------------------------------------------------------------------ webhooks
     # Queued by code (``_enqueue`` builds and writes the row as superuser): an accountant posting,

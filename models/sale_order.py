@@ -49,6 +49,9 @@ class SaleOrder(models.Model):
     x_fc_successor_id = fields.Many2one(
         "sale.order", string="Continued By", readonly=True, copy=False, index="btree_not_null",
         help="The renewal (or scheduled downgrade) that carries this app subscription on; its start ends this order.")
+    x_fc_handover_notified = fields.Boolean(
+        string="Hand-over Notified", readonly=True, copy=False,
+        help="The app was told (webhooks) that the order continuing this subscription took over.")
     x_fc_billing_issue = fields.Text(
         string="Billing Issue", readonly=True, copy=False,
         help="Why the last usage close of this subscription failed. It was set aside (the rest of its batch "
@@ -394,6 +397,7 @@ class SaleOrder(models.Model):
         cycle = BillingCycle(self.env)
         if cycle.close_outside_native_run(batch_size=batch_size):
             cycle.deliver_final_invoices()
+        SubscriptionLifecycle(self.env).notify_handovers()
 
     @api.model
     def _fc_tracked_computed_fields(self):

@@ -8,6 +8,7 @@ move to the order that carries its subscription on. Plan changes follow Lago: an
 at once with a prorated credit for the unused paid part of the fee, a downgrade at the end of the
 paid period (a native renewal order), so no overlap is ever paid twice.
 """
+import logging
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 
@@ -15,6 +16,8 @@ from odoo import Command, fields
 
 from ..core import money, periods
 from .billing_cycle import BillingCycle
+
+_logger = logging.getLogger(__name__)
 
 RUNNING = ("3_progress", "4_paused")
 
@@ -26,9 +29,10 @@ class SubscriptionLifecycle:
         self.orders = env["sale.order"]
 
     # ------------------------------------------------------------------ start
-    def start(self, service, link, plan, values, previous=None):
+    def start(self, service, link, plan, values, previous=None, notify=True):
         """A new app subscription on ``plan`` (``values``: Lago's clean subscription fields).
-        Live: confirmed, so Odoo's recurring run bills it from its start; shadow: a draft."""
+        Live: confirmed, so Odoo's recurring run bills it from its start; shadow: a draft.
+        ``notify=False``: the app hears of it when it takes over (``notify_handovers``)."""
         start = values.get("subscription_at")
         order = self.orders.create({
             "partner_id": link.partner_id.id,
@@ -47,7 +51,8 @@ class SubscriptionLifecycle:
         })
         if not service._is_shadow():
             order.action_confirm()
-        order._fc_notify("subscription.started")
+        if notify:
+            order._fc_notify("subscription.started")
         return order
 
     # ------------------------------------------------------------------ termination
@@ -121,6 +126,27 @@ class SubscriptionLifecycle:
                     "x_fc_usage_closed_until": starts.date(),
                 })
 
+    def notify_handovers(self):
+        """Tell the apps about the orders that took over their subscription since the last run: a
+        downgrade applying at the end of the paid period (as Lago: ``subscription.terminated`` for
+        the old plan, ``subscription.started`` for the new one) or a native renewal on the same plan
+        (``subscription.updated``). Once per hand-over; one failing order never stops the others."""
+        orders = self.orders.search([("x_fc_successor_id", "!=", False), ("x_fc_handover_notified", "=", False),
+                                     ("x_fc_terminated_at", "<=", fields.Datetime.now())])
+        for order in orders:
+            successor = order.x_fc_successor_id
+            try:
+                with self.env.cr.savepoint():
+                    if successor.plan_id != order.plan_id:
+                        order._fc_notify("subscription.terminated")
+                        successor._fc_notify("subscription.started")
+                    else:
+                        successor._fc_notify("subscription.updated")
+                    order.x_fc_handover_notified = True
+            except Exception:  # noqa: BLE001 — logged; the next run tries this order again
+                _logger.exception("Could not notify the app that %s took over %s", successor.name, order.name)
+        return orders
+
     # ------------------------------------------------------------------ plan changes (Lago)
     def change_plan(self, current, plan, values):
         """``POST /subscriptions`` with another plan. Returns the order the API answers with."""
@@ -182,7 +208,7 @@ class SubscriptionLifecycle:
         current.write({"x_fc_terminated_at": datetime.combine(starts, time.min)})
         current.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
         new = self.start(current.x_fc_service_id, current.x_fc_account_link_id, plan,
-                         dict(values, start_date=starts, subscription_at=None), previous=current)
+                         dict(values, start_date=starts, subscription_at=None), previous=current, notify=False)
         current.write({"x_fc_successor_id": new.id})
         current._fc_notify("subscription.updated")
         return current
@@ -222,6 +248,7 @@ class SubscriptionLifecycle:
             refund = self.env["account.move"].sudo().create({
                 "move_type": "out_refund", "partner_id": current.partner_id.id, "currency_id": current.currency_id.id,
                 "x_fc_service_id": current.x_fc_service_id.id, "invoice_origin": current.name,
+                "x_fc_account_link_id": current.x_fc_account_link_id.id,
                 "invoice_line_ids": [Command.create({"product_id": product.id, "name": label, "quantity": 1,
                                                      "price_unit": float(rest), "tax_ids": [Command.set(taxes.ids)]})],
             })

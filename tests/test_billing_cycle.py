@@ -5,7 +5,9 @@ only what Odoo's public Subscriptions documentation describes) through its sched
 Enterprise's would run: usage rides on the native recurring invoice and follows the native
 lifecycle. tests/ENTERPRISE_CHECKLIST.md lists the same checks by hand on a real Enterprise database.
 """
+import json
 from datetime import date, datetime
+from unittest.mock import patch
 
 from freezegun import freeze_time
 
@@ -166,6 +168,10 @@ class TestUsageOnTheRecurringInvoice(UsageBillingCase):
 @tagged("post_install", "-at_install")
 class TestNativeLifecycle(UsageBillingCase):
 
+    def webhooks(self, order, event_type):
+        return self.env["fusion.billing.webhook"].search([
+            ("event_type", "=", event_type), ("object_ref", "=", f"sale.order,{order.id}")])
+
     def terminated_webhooks(self, order):
         return self.env["fusion.billing.webhook"].search([
             ("event_type", "=", "subscription.terminated"), ("object_ref", "=", f"sale.order,{order.id}")])
@@ -325,8 +331,18 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertEqual(lines_of(final).mapped("price_subtotal"), [10.0], "Pro's usage up to the upgrade")
 
         # Downgrade at the end of the paid period: Basic from February 1, nothing paid twice.
-        self.recurring("2025-02-01 03:00:00")
         basic = down.x_fc_successor_id
+        self.close("2025-01-31 23:00:00")
+        self.assertFalse(self.webhooks(down, "subscription.terminated") | self.webhooks(basic, "subscription.started"),
+                         "nothing changes for the app before the downgrade applies")
+        self.recurring("2025-02-01 03:00:00")
+        self.close("2025-02-01 03:00:00")
+        self.close("2025-02-01 04:00:00")
+        # As Lago when a downgrade applies: the old plan's subscription ends, the new one starts, once.
+        self.assertEqual(len(self.webhooks(down, "subscription.terminated")), 1)
+        started = self.webhooks(basic, "subscription.started")
+        self.assertEqual(len(started), 1)
+        self.assertEqual(json.loads(started.payload)["subscription"]["plan_code"], "basic")
         self.assertEqual(len(down.invoice_ids), 1, "January's Pro fee only")
         self.assertEqual(lines_of(basic.invoice_ids).mapped("price_subtotal"), [19.0])
         self.assertEqual(len(new_up.invoice_ids), 1, "Max is next invoiced on February 17")
@@ -335,6 +351,59 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertEqual((now["lago_id"], now["plan_code"], now["previous_plan_code"]), (str(basic.id), "basic", "pro"))
         self.recurring("2025-02-17 03:00:00")
         self.assertEqual(lines_of(new_up.invoice_ids - first).mapped("price_subtotal"), [99.0])
+
+    def test_an_upgrade_crediting_more_than_the_new_fee_gives_the_rest_as_a_credit_note(self):
+        """A yearly plan paid in advance, upgraded to a dearer monthly plan after 16 days: the unused
+        349 of 365 paid days exceed Max's first fee, so the rest comes back as a credit note that the
+        app sees on its own customer (and nothing is credited twice)."""
+        yearly = self._plan("pro_year", "NexaCloud Pro (yearly)", 600.0)
+        yearly.write({"billing_period_unit": "year", "billing_period_value": 1})
+        self._plan("max", "NexaCloud Max", 99.0)
+        order = self.subscribe("sub_y", customer="cus_y", plan_code="pro_year")
+        self.recurring("2025-01-01 03:00:00")
+        self.assertEqual(lines_of(order.invoice_ids).mapped("price_subtotal"), [600.0])
+
+        with freeze_time("2025-01-17 09:00:00"):
+            upgraded = self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": "cus_y", "plan_code": "max", "external_id": "sub_y"}}).json()["subscription"]
+        new = self.env["sale.order"].browse(int(upgraded["lago_id"]))
+        self.recurring("2025-01-17 10:00:00")
+        self.close("2025-01-17 10:00:00")
+        unused = round(600.0 * 349 / 365, 2)  # 573.70
+        self.assertEqual(lines_of(new.invoice_ids).mapped("price_subtotal"), [99.0, -99.0])
+        refund = self.env["account.move"].search([("move_type", "=", "out_refund"), ("invoice_origin", "=", order.name)])
+        self.assertEqual((refund.state, refund.amount_untaxed), ("posted", round(unused - 99.0, 2)))
+        self.assertEqual(refund.x_fc_account_link_id, order.x_fc_account_link_id)
+        with freeze_time("2025-01-18"):
+            listed = self.api("GET", "customers/cus_y/invoices").json()["invoices"]
+        credits = [invoice for invoice in listed if invoice["invoice_type"] == "credit"]
+        self.assertEqual([invoice["lago_id"] for invoice in credits], [str(refund.id)],
+                         "the app sees the credit note on its customer")
+        self.assertEqual(credits[0]["fees_amount_cents"], round((unused - 99.0) * 100))
+
+    def test_a_handover_that_fails_to_notify_does_not_stop_the_others(self):
+        self._plan("basic", "NexaCloud Basic", 19.0)
+        orders = [self.subscribe(f"sub_h{n}", customer=f"cus_h{n}") for n in range(3)]
+        self.recurring("2025-01-01 03:00:00")
+        with freeze_time("2025-01-10"):
+            for n in range(3):
+                self.api("POST", "subscriptions", {"subscription": {
+                    "external_customer_id": f"cus_h{n}", "plan_code": "basic", "external_id": f"sub_h{n}"}})
+        poisoned = orders[1]
+        enqueue = type(self.env["fusion.billing.webhook"])._enqueue
+
+        def failing(model, service, webhook_type, record=None, obj=None):
+            if record == poisoned:
+                raise ValueError("a receiver's object that cannot be serialised")
+            return enqueue(model, service, webhook_type, record, obj)
+
+        with patch.object(type(self.env["fusion.billing.webhook"]), "_enqueue", failing), \
+                mute_logger("odoo.addons.fusion_centralize_billing.services.subscription_lifecycle"):
+            self.close("2025-02-01 04:00:00")
+        self.assertEqual([order.x_fc_handover_notified for order in orders], [True, False, True])
+        self.close("2025-02-01 05:00:00")  # the next run tells the app about the one that failed
+        self.assertTrue(poisoned.x_fc_handover_notified)
+        self.assertEqual(len(self.webhooks(poisoned, "subscription.terminated")), 1)
 
     def test_activation_at_cutover_invoices_nothing_before_the_next_invoice_date(self):
         self.service.billing_mode = "shadow"
