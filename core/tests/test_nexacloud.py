@@ -223,17 +223,55 @@ def test_plans_currency_interval_and_limit_charges(source_rows):
 def test_every_stripe_status_and_orphan_has_an_outcome(source_rows):
     _users, _plans, subs, _deps = plan_all(source_rows)
     outcome = {n: subs[sid("s", n)] for n in range(1, 12)}
-    assert {n for n, d in outcome.items() if d.action == IMPORT} == {1, 2, 3, 5, 7, 8}
+    assert {n for n, d in outcome.items() if d.action == IMPORT} == {1, 2, 3, 5, 7}
     assert outcome[4].reason == f"orphan: its user {sid('u', 4)} is soft-deleted"
     assert outcome[6].reason == "canceled in NexaCloud"
+    assert (outcome[8].action, outcome[8].code) == (SKIP, "incomplete")
     assert "incomplete_expired" in outcome[9].reason
     assert outcome[10].action == FAIL and "could not be imported" in outcome[10].reason
     assert outcome[11].action == FAIL and "plan 5" in outcome[11].reason
     first = outcome[1].values
     assert first["start_date"] == date(2026, 11, 1) and first["next_invoice_date"] == date(2026, 12, 1)
     assert first["stripe_subscription_id"] == "sub_1" and first["end_date"] is False
+    assert first["trial_end"] is False
     unknown = nexacloud.plan_subscription({"id": "x", "user_id": "u", "plan_id": 1, "status": "weird"}, {}, {})
     assert unknown.action == FAIL and "weird" in unknown.reason
+
+
+def subscription_row(**values):
+    return dict({"id": "s", "user_id": "u", "plan_id": 1, "status": "active", "created_at": date(2026, 11, 20),
+                 "current_period_start": date(2026, 11, 20), "current_period_end": date(2026, 12, 20)}, **values)
+
+
+def test_a_trial_is_imported_to_bill_from_its_end_its_first_stripe_charge():
+    """Stripe charges a trialing subscription first at current_period_end (the end of its trial): the
+    copy starts with the trial, and bills nothing before that date (its Date of Next Invoice)."""
+    trial = nexacloud.plan_subscription(
+        subscription_row(status="trialing", current_period_end=date(2026, 12, 4)), {"u": IMPORT}, {1: IMPORT})
+    assert trial.action == IMPORT
+    values = trial.values
+    assert (values["start_date"], values["trial_end"], values["next_invoice_date"], values["end_date"]) == (
+        date(2026, 11, 20), date(2026, 12, 4), date(2026, 12, 4), False)
+    # A trial that cancels at its end is never charged: it ends there.
+    ending = nexacloud.plan_subscription(
+        subscription_row(status="trialing", current_period_end=date(2026, 12, 4), cancel_at_period_end=True),
+        {"u": IMPORT}, {1: IMPORT})
+    assert (ending.values["trial_end"], ending.values["end_date"]) == (date(2026, 12, 4), date(2026, 12, 4))
+    # Without its end, when Stripe would charge it first is unknown: the row fails with that reason.
+    unknown = nexacloud.plan_subscription(subscription_row(status="trialing", current_period_end=None),
+                                          {"u": IMPORT}, {1: IMPORT})
+    assert unknown.action == FAIL and "trial" in unknown.reason and "current_period_end" in unknown.reason
+    active = nexacloud.plan_subscription(subscription_row(), {"u": IMPORT}, {1: IMPORT})
+    assert (active.values["start_date"], active.values["trial_end"]) == (date(2026, 11, 20), False)
+
+
+def test_an_incomplete_subscription_is_skipped_stripe_collects_nothing():
+    """incomplete: the first payment never went through, Stripe bills nothing (and after 23 hours
+    expires it): skipped and reported, like incomplete_expired, whatever its user and plan."""
+    decision = nexacloud.plan_subscription(subscription_row(status="incomplete"), {"u": IMPORT}, {1: IMPORT})
+    assert (decision.action, decision.code) == (SKIP, "incomplete")
+    assert decision.reason == "never started in NexaCloud (incomplete: its first payment did not go through)"
+    assert not nexacloud.still_billed_by_stripe(subscription_row(status="incomplete"))
 
 
 def test_deployments_become_allocation_baselines(source_rows):

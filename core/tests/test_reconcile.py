@@ -77,10 +77,34 @@ def test_cancel_at_period_end_bills_no_renewal_there():
     assert stripe_renewals(date(2026, 10, 1), date(2026, 11, 1), MONTH, **args) == (at(2026, 10, 25),)
 
 
-@pytest.mark.parametrize("status", ["trialing", "incomplete", "incomplete_expired", " Trialing "])
-def test_trials_and_incomplete_subscriptions_bill_nothing(status):
+@pytest.mark.parametrize("status", ["incomplete", "incomplete_expired", " Incomplete "])
+def test_incomplete_subscriptions_bill_nothing(status):
     assert stripe_renewals(*NOVEMBER, MONTH, created_at=at(2026, 11, 2), current_period_start=at(2026, 11, 2),
                            current_period_end=at(2026, 11, 16), status=status) == ()
+
+
+TRIAL = dict(created_at=at(2026, 11, 2, 9), current_period_start=at(2026, 11, 2, 9), status="trialing")
+
+
+@pytest.mark.parametrize("period, trial_end, expected", [
+    (NOVEMBER, at(2026, 11, 16, 9), (at(2026, 11, 16, 9),)),   # the trial ends in the period: its first charge
+    (NOVEMBER, at(2026, 12, 2, 9), ()),                        # a 30-day trial: nothing in its first month
+    ((date(2026, 12, 1), date(2027, 1, 1)), at(2026, 12, 2, 9), (at(2026, 12, 2, 9),)),
+    ((date(2026, 10, 1), date(2026, 11, 1)), at(2026, 11, 16, 9), ()),  # before the trial
+])
+def test_a_trial_bills_nothing_before_its_end_its_first_charge(period, trial_end, expected):
+    """Stripe charges a trialing subscription first at current_period_end, the end of its trial; never
+    at its start (current_period_start), nor a whole interval before the end."""
+    assert stripe_renewals(*period, MONTH, current_period_end=trial_end, **TRIAL) == expected
+    assert stripe_renewals(*period, YEAR, current_period_end=trial_end, **TRIAL) == expected
+    assert stripe_renewals(*period, MONTH, current_period_end=trial_end, cancel_at_period_end=True, **TRIAL) == ()
+    assert stripe_renewals(*period, MONTH, current_period_end=trial_end, canceled_at=at(2026, 11, 10),
+                           **TRIAL) == ()
+
+
+def test_a_trial_that_started_last_month_is_first_charged_this_month():
+    assert stripe_renewals(*NOVEMBER, MONTH, created_at=at(2026, 10, 20), current_period_start=at(2026, 10, 20),
+                           current_period_end=at(2026, 11, 3), status="trialing") == (at(2026, 11, 3),)
 
 
 @pytest.mark.parametrize("status", ["active", "past_due", "unpaid", "paused", "canceled"])
@@ -112,6 +136,21 @@ def test_odoo_renews_on_the_anniversaries_of_its_start_date_until_it_ends():
     assert odoo_renewals(date(2026, 1, 25), "month", 1, *NOVEMBER, until=at(2026, 11, 26)) == (date(2026, 11, 25),)
 
 
+def test_odoo_renews_on_its_billing_grid_from_its_first_billed_day():
+    """Odoo's periods are the grid through the Date of Next Invoice (``anchor``, at or before the start);
+    it bills nothing before ``since``: its start, or the end of a trial."""
+    # A trial from Nov 20 to Dec 4: the grid is the 4th, the first invoice on Dec 4.
+    assert odoo_renewals(date(2026, 11, 4), "month", 1, *NOVEMBER, since=date(2026, 12, 4)) == ()
+    assert odoo_renewals(date(2026, 11, 4), "month", 1, date(2026, 12, 1), date(2027, 1, 1),
+                         since=date(2026, 12, 4)) == (date(2026, 12, 4),)
+    # A 30-day trial on a monthly plan: its start (Nov 2) is on its grid, but not billed.
+    assert odoo_renewals(date(2026, 11, 2), "month", 1, *NOVEMBER, since=date(2026, 12, 2)) == ()
+    # Started on Oct 15 on a grid of the 1st (its next invoice on Nov 1): it renews on the 1st.
+    assert odoo_renewals(date(2026, 10, 1), "month", 1, *NOVEMBER, since=date(2026, 10, 15)) == (date(2026, 11, 1),)
+    assert odoo_renewals(date(2026, 10, 1), "month", 1, date(2026, 10, 1), date(2026, 11, 1),
+                         since=date(2026, 10, 15)) == ()
+
+
 # ---------------------------------------------------------------- NexaCloud rows → app bills
 PLANS = [{"id": 1, "code": "pro", "name": "Pro", "price_cents": 4900, "currency": "cad", "interval": "month"},
          {"id": 2, "code": "pro_y", "name": "Pro yearly", "price_cents": 49000, "currency": "CAD", "interval": "year"},
@@ -137,6 +176,7 @@ def test_nexacloud_bills_charge_each_renewal_of_the_period_at_the_plan_price():
         sub("yearly-renews", plan=2, start=at(2025, 11, 20)),
         sub("yearly-not-this-month", plan=2, start=at(2026, 3, 3)),
         sub("trial", status="trialing", created=at(2026, 11, 2), start=at(2026, 11, 2), end=at(2026, 11, 16)),
+        sub("long-trial", status="trialing", created=at(2026, 11, 2), start=at(2026, 11, 2), end=at(2026, 12, 2)),
         sub("incomplete", status="incomplete", created=at(2026, 11, 2), start=at(2026, 11, 2)),
         sub("expired", status="incomplete_expired", created=at(2026, 11, 2), start=at(2026, 11, 2)),
         sub("created-later", created=at(2026, 12, 2), start=at(2026, 12, 2)),
@@ -150,7 +190,8 @@ def test_nexacloud_bills_charge_each_renewal_of_the_period_at_the_plan_price():
         "canceled-before-renewal": ("pro", D("0"), "CAD", ()),
         "yearly-renews": ("pro_y", D("490"), "CAD", (date(2026, 11, 20),)),
         "yearly-not-this-month": ("pro_y", D("0"), "CAD", ()),
-        "trial": ("pro", D("0"), "CAD", ()),
+        "trial": ("pro", D("49"), "CAD", (date(2026, 11, 16),)),   # its first charge, at the end of its trial
+        "long-trial": ("pro", D("0"), "CAD", ()),
         "incomplete": ("pro", D("0"), "CAD", ()),
         "odd-interval": ("odd", D("20"), "CAD", (date(2026, 11, 10), date(2026, 11, 24))),
     }
@@ -178,12 +219,12 @@ def test_nexacloud_bills_from_a_real_source_database(source_db):
                                 users=list(source.rows("users")), service_currency="CAD")
     assert {key: (b.amount, b.renewals, b.skipped and b.skipped[0]) for key, b in bills.items()} == {
         sid("s", 1): (D("19"), (date(2026, 11, 1),), None),
-        sid("s", 2): (D("0"), (), None),                        # trialing
+        sid("s", 2): (D("0"), (), None),                        # trialing until Dec 1: charged then
         sid("s", 3): (D("9"), (date(2026, 11, 1),), None),      # inactive plan, still billed
         sid("s", 4): (D("19"), (date(2026, 11, 1),), "user_deleted"),
         sid("s", 5): (D("25"), (date(2026, 11, 1),), None),     # USD plan
         sid("s", 7): (D("19"), (date(2026, 11, 1),), None),     # paused still bills
-        sid("s", 8): (D("0"), (), None),                        # incomplete
+        sid("s", 8): (D("0"), (), "incomplete"),                # incomplete: not imported, nothing billed
         sid("s", 10): (D("19"), (date(2026, 11, 1),), "parent_failed"),
         sid("s", 11): (D("10"), (date(2026, 11, 1),), "parent_failed"),  # fortnightly: its known renewal
     }                                                           # 6 canceled in October, 9 incomplete_expired: none
@@ -223,9 +264,9 @@ def test_zero_bills_or_no_bill_on_either_side_are_matches():
     (bill("0", renewals=(), since=date(2026, 12, 3)), bill(renewals=(date(2026, 11, 3),)), "renewal_timing",
      "Renewal timing: Odoo renews on none, the app on 2026-11-03 (Odoo's copy starts on 2026-12-03, after the "
      "app's renewal of 2026-11-03)."),
-    (bill(renewals=(date(2026, 11, 2),)), bill("0", renewals=(), status="trialing", period_end=date(2026, 11, 16)),
-     "trial", "In trial in the app until 2026-11-16: Stripe bills nothing before the trial ends, Odoo's copy renews "
-              "on 2026-11-02 (its start date)."),
+    (bill(renewals=(date(2026, 11, 2),)), bill("0", renewals=(), status="trialing", period_end=date(2026, 12, 2)),
+     "trial", "In trial in the app until 2026-12-02: Stripe bills nothing before the trial ends, Odoo's copy renews "
+              "on 2026-11-02 (it does not know the trial)."),
     (bill(renewals=(date(2026, 11, 2),)), bill("0", renewals=(), status="incomplete"), "not_started",
      "Never started in the app (incomplete: its first payment did not go through), so Stripe bills nothing; "
      "Odoo's copy bills 10.00 CAD."),
