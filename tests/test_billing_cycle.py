@@ -427,6 +427,56 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertEqual(lines_of(imported.invoice_ids).mapped("price_subtotal"), [49.0, 5.0])
         self.assertIn("(2025-01-10 to 2025-02-09)", lines_of(imported.invoice_ids)[1].name)
 
+    def test_an_imported_trial_bills_nothing_until_its_first_paid_renewal(self):
+        """A trial copied from Stripe (Jan 20 to Feb 3): activated during its trial, Odoo's first invoice is
+        on Feb 3 with the next period's fee and no trial usage; usage from Feb 3 on is billed on Mar 3."""
+        self.service.billing_mode = "shadow"
+        trial = self._create_subscription(
+            external_id="sub_trial", start_date="2025-01-20", next_invoice_date="2025-02-03",
+            x_fc_trial_end="2025-02-03", x_fc_source_status="trialing",
+            order_line=[Command.create(self.plan._fc_base_fee_line_values())])
+        self.push("sub_trial", "trial-jan", (2025, 1, 25), 200)  # 100 GB above the quota, during the trial
+        self.service.billing_mode = "live"
+        with freeze_time("2025-01-22 09:00:00"):
+            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.assertEqual((trial.state, trial.next_invoice_date), ("sale", date(2025, 2, 3)))
+        self.assertIn("1 in trial", self.service.message_ids[0].body)
+        self.recurring("2025-01-22 10:00:00")
+        self.close("2025-01-22 10:00:00")
+        self.assertFalse(trial.invoice_ids, "nothing during the trial")
+        self.recurring("2025-02-03 03:00:00")
+        self.close("2025-02-03 10:00:00")
+        self.assertEqual(lines_of(trial.invoice_ids).mapped("price_subtotal"), [49.0],
+                         "the first paid period's fee, without the trial's usage")
+        self.push("sub_trial", "trial-feb", (2025, 2, 10), 300)
+        self.recurring("2025-03-03 03:00:00")
+        march = trial.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 3))
+        self.assertEqual(lines_of(march).mapped("price_subtotal"), [49.0, 10.0])
+        self.assertIn("(2025-02-03 to 2025-03-02)", lines_of(march)[1].name)
+
+    def test_activation_never_confirms_what_stripe_does_not_bill(self):
+        """A draft copied from an incomplete Stripe subscription (its first payment never went through; an
+        earlier import copied them) stays a draft: activation says so, and Odoo never bills it."""
+        self.service.billing_mode = "shadow"
+        values = dict(start_date="2025-01-10", next_invoice_date="2025-02-10",
+                      order_line=[Command.create(self.plan._fc_base_fee_line_values())])
+        paying = self._create_subscription(external_id="sub_paying", x_fc_source_status="active", **values)
+        incomplete = self._create_subscription(external_id="sub_incomplete", x_fc_source_status="incomplete",
+                                               **values)
+        self.service.billing_mode = "live"
+        with freeze_time("2025-01-20 09:00:00"):
+            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.assertEqual((paying.state, incomplete.state), ("sale", "draft"))
+        message = self.service.message_ids[0].body
+        self.assertIn("1 subscriptions confirmed", message)
+        self.assertIn("1 left as drafts: Stripe does not bill them (incomplete: their first payment never went "
+                      "through)", message)
+        self.recurring("2025-02-10 03:00:00")
+        self.assertEqual((len(paying.invoice_ids), len(incomplete.invoice_ids)), (1, 0))
+        with freeze_time("2025-02-11 09:00:00"):  # activating again changes nothing
+            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.assertEqual(incomplete.state, "draft")
+
 
 @tagged("post_install", "-at_install")
 class TestBillingRunIsolation(UsageBillingCase):

@@ -107,7 +107,7 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertEqual(wizard.banner, "danger")
         self.assertIn("Dry run", wizard.banner_message)
         counts = self._last_run.counts
-        self.assertEqual(counts["subscriptions"], {"created": 6, "updated": 0, "unchanged": 0, "skipped": 3, "failed": 2})
+        self.assertEqual(counts["subscriptions"], {"created": 5, "updated": 0, "unchanged": 0, "skipped": 4, "failed": 2})
         self.assertEqual(counts["account_links"]["created"], 7)
         self.assertEqual(counts["partners"]["created"], 5)  # bob twice, Dana already known
         failed = wizard.line_ids.filtered(lambda l: l.outcome == "failed")
@@ -160,7 +160,7 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertEqual(wizard.failed_count, 4)
 
         orders = self.imported_orders()
-        self.assertEqual(len(orders), 6)
+        self.assertEqual(len(orders), 5)
         self.assertEqual(set(orders.mapped("state")), {"draft"})
         self.assertFalse(orders.filtered("payment_token_id"))
         self.assertFalse(orders.invoice_ids)
@@ -178,8 +178,15 @@ class TestNexacloudImport(NexacloudSourceCase):
                          (first.plan_id.x_fc_product_id, 19.0, 19.0),
                          "the draft shows its plan's price (not billable: never confirmed in shadow)")
         self.assertEqual(str(first.start_date), "2026-11-01")
+        self.assertFalse(first.x_fc_trial_end)
         usd = orders.filtered(lambda o: o.x_fc_external_id == sid("s", 5))
         self.assertEqual(usd.currency_id.name, "USD")
+        # Bob's yearly trial (Nov 1 to Dec 1): Odoo bills it from the end of its trial, Stripe's first charge.
+        trial = orders.filtered(lambda o: o.x_fc_external_id == sid("s", 2))
+        self.assertEqual((trial.x_fc_source_status, str(trial.start_date), str(trial.x_fc_trial_end),
+                          str(trial.next_invoice_date)), ("trialing", "2026-11-01", "2026-12-01", "2026-12-01"))
+        # Dana's incomplete subscription (its first payment never went through): Stripe bills nothing, not imported.
+        self.assertNotIn(sid("s", 8), orders.mapped("x_fc_external_id"))
 
         plans = self.env["sale.subscription.plan"].search([("x_fc_service_id", "=", self.service.id),
                                                            ("x_fc_plan_code", "in", ("starter", "legacy", "pro-annual"))])
@@ -210,6 +217,12 @@ class TestNexacloudImport(NexacloudSourceCase):
 
         reasons = {(l.source_id, l.outcome): l.reason for l in wizard.line_ids}
         self.assertEqual(reasons[(sid("s", 4), "skipped")], f"orphan: its user {sid('u', 4)} is soft-deleted")
+        self.assertEqual(reasons[(sid("s", 8), "skipped")],
+                         "never started in NexaCloud (incomplete: its first payment did not go through)")
+        self.assertIn("Incomplete subscriptions skipped: 1 (their first payment never went through, so Stripe bills "
+                      "them nothing; 19.00 CAD a month once started).", wizard.banner_message)
+        self.assertIn("Trials imported: 1 (Odoo bills each from the end of its trial, when Stripe first charges it).",
+                      wizard.banner_message)
         self.assertEqual(reasons[(sid("d", 4), "skipped")], "legacy deployment without a subscription")
         self.assertIn("USD", reasons[("4", "warning")])
         self.assertIn("same e-mail", reasons[(sid("u", 3), "warning")])
@@ -253,11 +266,11 @@ class TestNexacloudImport(NexacloudSourceCase):
             return original(run, sub_id, wanted, plan)
         with patch.object(ImportRun, "_order_values", order_values), self.setUpRunCapture():
             wizard = self.run_import()
-        self.assertEqual(self._last_run.counts["subscriptions"]["created"], 5)
+        self.assertEqual(self._last_run.counts["subscriptions"]["created"], 4)
         reasons = {l.source_id: l.reason for l in wizard.line_ids if l.outcome == "failed"}
         self.assertEqual(reasons[sid("s", 2)], "simulated bad row")
         self.assertIn("could not be imported", reasons[sid("d", 6)])
-        self.assertEqual(len(self.imported_orders()), 5)
+        self.assertEqual(len(self.imported_orders()), 4)
 
     def test_reported_rows_open_as_an_exportable_list(self):
         run = self.run_import(dry_run=True)

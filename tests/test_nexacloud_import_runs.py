@@ -119,7 +119,7 @@ class TestImportJobIsolation(ImportRunHelpers, NexacloudSourceCase):
         self.assertEqual(failed[sid("d", 2)], "invalid vcpu allocation 'one'")
         self.assertIn("could not be imported", failed[sid("s", 3)])  # the poisoned plan's subscription
         orders = self.imported_orders()
-        self.assertEqual(len(orders), 5)  # 6 importable subscriptions but the poisoned plan's
+        self.assertEqual(len(orders), 4)  # 5 importable subscriptions but the poisoned plan's
         first = orders.filtered(lambda o: o.x_fc_external_id == sid("s", 1))
         usage = self.env["fusion.billing.usage"].search([("subscription_id", "=", first.id)])
         self.assertEqual({u.metric_id.code: u.quantity for u in usage}, {"vcpu": 2, "ram_mb": 2048, "disk_gb": 50})
@@ -225,7 +225,7 @@ class TestImportAdministratorCheck(ImportRunHelpers, NexacloudSourceCase):
         run = self.queue(False, self.billing_admin)
         self.run_job()
         self.assertEqual(run.state, "done", run.error)
-        self.assertEqual(len(self.imported_orders()), 6)
+        self.assertEqual(len(self.imported_orders()), 5)
 
 
 @tagged("post_install", "-at_install")

@@ -1,7 +1,7 @@
 """Dual-run reconciliation against a real NexaCloud source: one reason per row, figures per reason from
 run to run, the importer's banner, the cutover confirmation, and the daily job's isolation per service."""
 import json
-from datetime import date
+from datetime import date, datetime
 
 from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
@@ -16,13 +16,15 @@ NOVEMBER = (date(2026, 11, 1), date(2026, 12, 1))
 # (n, user n, plan id, status, current_period_start, current_period_end, created_at, canceled_at)
 EXTRA_BEFORE_IMPORT = [
     (12, 1, 1, "canceled", "2026-11-01", "2026-12-01", "2025-02-01", "2026-11-15"),  # canceled before the import
-    (13, 1, 2, "active", None, "2026-11-03", "2025-02-10", None),   # Stripe's anchor moved; Odoo renews on Feb 10
+    (13, 1, 2, "active", None, "2026-11-03", "2025-02-10", None),   # off its start date's grid: renews on Nov 3
     (14, 1, 1, "active", "2026-10-20", "2026-11-20", "2025-02-20", None),   # canceled after the import (below)
     (16, 1, 1, "active", "2026-11-01", "2026-12-01", "2025-02-01", None),   # the app reports 2 cents more
     (17, 1, 1, "active", "2026-11-01", "2026-12-01", "2025-02-01", None),   # a plain match
     (18, 1, 2, "active", "2026-03-03", "2027-03-03", "2025-03-03", None),   # yearly, no renewal in November
     (19, 4, 2, "active", "2026-11-01", "2027-11-01", "2025-02-01", None),   # soft-deleted user, yearly
     (20, 4, 1, "trialing", "2026-11-20", "2026-12-04", "2026-11-20", None),  # soft-deleted user, trial
+    (21, 1, 2, "active", "2025-11-20", "2026-11-20", "2024-11-20", None),   # Stripe's anchor moves after the import
+    (22, 1, 1, "active", "2026-11-01", "2026-12-01", "2025-02-01", None),   # a trial granted after the import
 ]
 
 
@@ -54,11 +56,21 @@ class TestReconciliation(NexacloudSourceCase):
             cursor.execute("UPDATE plans SET currency = 'CAD' WHERE id = 4")     # s5's plan was in USD
             cursor.execute("UPDATE plans SET price_cents = 1200 WHERE id = 3")   # s3's plan went up
             cursor.execute("UPDATE subscriptions SET plan_id = 3 WHERE id = %s", [sid("s", 7)])
+            cursor.execute("UPDATE subscriptions SET current_period_start = '2026-10-25', current_period_end = "
+                           "'2027-10-25' WHERE id = %s", [sid("s", 21)])
+            cursor.execute("UPDATE subscriptions SET status = 'trialing', current_period_start = '2026-11-08', "
+                           "current_period_end = '2026-12-08' WHERE id = %s", [sid("s", 22)])
         # Odoo-only subscriptions (one without an account link) and what the app reported through the API.
         alice = self.env["fusion.billing.account.link"].search([("external_id", "=", sid("u", 1))])
         self._create_subscription(external_id="odoo-only", start_date=date(2026, 11, 1))
         self._create_subscription(external_id="odoo-linked-only", start_date=date(2026, 11, 1),
                                   partner=alice.partner_id, x_fc_account_link_id=alice.id)
+        # The app created s8 through the API while its Stripe subscription is incomplete (never paid).
+        dana = self.env["fusion.billing.account.link"].search([("external_id", "=", sid("u", 8))])
+        starter = self.env["sale.subscription.plan"].search([("x_fc_service_id", "=", self.service.id),
+                                                             ("x_fc_plan_code", "=", "starter")])
+        self._create_subscription(external_id=sid("s", 8), plan=starter, start_date=date(2026, 11, 1),
+                                  partner=dana.partner_id, x_fc_account_link_id=dana.id)
         Recon._api_report(self.service, [
             {"external_subscription_id": sid("s", 1), "period_start": "2026-11-01", "period_end": "2026-12-01",
              "usage": {"bandwidth_gb": 500}},
@@ -79,16 +91,17 @@ class TestReconciliation(NexacloudSourceCase):
         rows = self.rows()
         expected = {
             sid("s", 1): ("mismatch", "usage_differs", 19.0, 24.0),       # the app also billed 5.00 of bandwidth
-            sid("s", 2): ("mismatch", "trial", 190.0, 0.0),               # Stripe bills nothing during the trial
+            sid("s", 2): ("match", False, 0.0, 0.0),                      # in trial until Dec 1 on both sides
             sid("s", 3): ("mismatch", "price_differs", 9.0, 12.0),        # the plan's price changed at the source
             sid("s", 4): ("missing_in_odoo", "user_deleted", 0.0, 19.0),  # soft-deleted user, Stripe still bills
             sid("s", 5): ("mismatch", "currency", 25.0, 25.0),            # the plan moved from USD to CAD
             sid("s", 7): ("mismatch", "plan_differs", 19.0, 12.0),        # moved to another plan
-            sid("s", 8): ("mismatch", "not_started", 19.0, 0.0),          # incomplete: Stripe bills nothing
+            sid("s", 8): ("mismatch", "not_started", 19.0, 0.0),          # incomplete: Stripe bills nothing, the
+                                                                          # app's own copy in Odoo would
             sid("s", 10): ("missing_in_odoo", "not_imported", 0.0, 19.0),  # its user has an invalid e-mail
             sid("s", 11): ("missing_in_odoo", "not_imported", 0.0, 10.0),  # its plan has an unknown interval
             sid("s", 12): ("missing_in_odoo", "canceled_before_import", 0.0, 19.0),
-            sid("s", 13): ("mismatch", "renewal_timing", 0.0, 190.0),
+            sid("s", 13): ("match", False, 190.0, 190.0),                 # both on its next invoice date's grid
             sid("s", 14): ("mismatch", "canceled_after_import", 19.0, 0.0),
             sid("s", 15): ("missing_in_odoo", "new_since_import", 0.0, 19.0),
             sid("s", 16): ("mismatch", "amount_differs", 19.0, 19.02),
@@ -96,6 +109,8 @@ class TestReconciliation(NexacloudSourceCase):
             sid("s", 18): ("match", False, 0.0, 0.0),                     # no renewal on either side: a match
             sid("s", 19): ("missing_in_odoo", "user_deleted", 0.0, 190.0),
             sid("s", 20): ("match", False, 0.0, 0.0),                     # a trial of a deleted user: nothing billed
+            sid("s", 21): ("mismatch", "renewal_timing", 190.0, 0.0),
+            sid("s", 22): ("mismatch", "trial", 19.0, 0.0),
             "odoo-only": ("missing_in_app", "no_account_link", 49.0, 0.0),
             "odoo-linked-only": ("missing_in_app", "missing_in_app", 49.0, 0.0),
             "app-only": ("missing_in_odoo", "missing_in_odoo", 0.0, 19.0),
@@ -125,8 +140,11 @@ class TestReconciliation(NexacloudSourceCase):
         self.assertEqual(rows[sid("s", 1)].delta, -5.0)
         self.assertTrue(rows[sid("s", 12)].explanation.startswith(
             "Not imported: canceled in the app on 2026-11-15, before the import;"))
-        self.assertTrue(rows[sid("s", 13)].explanation.startswith(
-            "Renewal timing: Odoo renews on none, the app on 2026-11-03."))
+        self.assertTrue(rows[sid("s", 21)].explanation.startswith(
+            "Renewal timing: Odoo renews on 2026-11-20, the app on none."))
+        self.assertTrue(rows[sid("s", 22)].explanation.startswith(
+            "In trial in the app until 2026-12-08: Stripe bills nothing before the trial ends, Odoo's copy renews on "
+            "2026-11-01 (it does not know the trial)."))
         self.assertIn("after the last import (2026-11-10)", rows[sid("s", 15)].explanation)
         self.assertIn("its reported bill is malformed", rows["app-garbled"].explanation)
         self.assertEqual(rows[sid("s", 5)].currency_id.name, "USD")
@@ -150,7 +168,7 @@ class TestReconciliation(NexacloudSourceCase):
         run = self.summary["run"]
         self.assertEqual(self.service.last_reconciliation_run_id, run)
         self.assertEqual((run.state, run.row_count, run.match_count, run.real_count, run.timing_count),
-                         ("done", 22, 3, 14, 5))
+                         ("done", 24, 5, 14, 5))
         figures = {(line.reason, line.currency_id.name): (line.count, line.amount, line.count_change)
                    for line in run.line_ids}
         self.assertEqual(figures[("user_deleted", "CAD")], (2, 209.0, 2))
@@ -214,7 +232,7 @@ class TestReconciliation(NexacloudSourceCase):
         action = self.service.with_user(self.billing_admin).action_switch_to_live()
         wizard = self.env[action["res_model"]].with_user(self.billing_admin).with_context(action["context"]).create({})
         self.assertEqual(wizard.run_id, self.summary["run"])
-        self.assertEqual((wizard.match_count, wizard.real_count, wizard.timing_count), (3, 14, 5))
+        self.assertEqual((wizard.match_count, wizard.real_count, wizard.timing_count), (5, 14, 5))
         self.assertEqual(wizard.line_ids, self.summary["run"].line_ids)
         self.assertTrue(wizard.needs_acknowledgement)
         with self.assertRaisesRegex(UserError, "14 real differences"):
@@ -224,7 +242,7 @@ class TestReconciliation(NexacloudSourceCase):
         wizard.action_confirm()
         self.assertEqual(self.service.billing_mode, "live")
         note = self.service.message_ids[0].body
-        self.assertIn("3 match, 14 real differences", note)
+        self.assertIn("5 match, 14 real differences", note)
         self.assertIn("Not imported: user deleted in the app, Stripe still bills: 2 (209.00 CAD)", note)
         self.assertIn(f"{self.billing_admin.name} acknowledged the unexplained real differences", note)
         orders = self.env["sale.order"].search([("x_fc_service_id", "=", self.service.id)])
@@ -264,6 +282,12 @@ class TestReconciliationWhereOdooBillsWhatTheAppBilled(NexacloudSourceCase):
         (6, 1, "active", "2026-10-25", "2026-11-25", "2026-01-25", "2026-10-26", True),  # ends at its period's end
         (7, 1, "active", "2026-10-31", "2026-11-30", "2026-01-31", None, False),     # month-end anchor
         (8, 2, "active", "2026-11-01", "2027-11-01", "2026-11-01", None, False),     # yearly, starts in November
+        (9, 1, "trialing", "2026-11-10", "2026-11-24", "2026-11-10", None, False),   # first charged when its trial ends
+        (10, 1, "trialing", "2026-11-05", "2026-12-05", "2026-11-05", None, False),  # a 30-day trial: nothing yet
+        (11, 2, "trialing", "2026-10-20", "2026-11-03", "2026-10-20", None, False),  # yearly, trial from October
+        (12, 1, "trialing", "2026-11-10", "2026-11-24", "2026-11-10", None, True),   # a trial that ends unpaid
+        (13, 1, "incomplete", "2026-11-20", "2026-12-20", "2026-11-20", None, False),  # first payment failed
+        (14, 2, "active", None, "2026-11-03", "2025-02-10", None, False),   # off its start date's grid (Nov 3)
     ]
 
     def setUp(self):
@@ -286,14 +310,45 @@ class TestReconciliationWhereOdooBillsWhatTheAppBilled(NexacloudSourceCase):
         self.assertEqual({row.external_subscription_id: (row.state, row.odoo_amount) for row in rows}, {
             sid("s", 1): ("match", 19.0), sid("s", 2): ("match", 19.0), sid("s", 3): ("match", 190.0),
             sid("s", 4): ("match", 0.0), sid("s", 5): ("match", 25.0), sid("s", 6): ("match", 0.0),
-            sid("s", 7): ("match", 19.0), sid("s", 8): ("match", 190.0)})
-        self.assertEqual((summary["counts"], summary["reasons"]), ({"match": 8}, {}))
-        self.assertEqual(sum(rows.mapped("app_amount")), 19 * 3 + 190 * 2 + 25)
+            sid("s", 7): ("match", 19.0), sid("s", 8): ("match", 190.0), sid("s", 9): ("match", 19.0),
+            sid("s", 10): ("match", 0.0), sid("s", 11): ("match", 190.0), sid("s", 12): ("match", 0.0),
+            sid("s", 13): ("match", 0.0), sid("s", 14): ("match", 190.0)})
+        self.assertEqual((summary["counts"], summary["reasons"]), ({"match": 14}, {}))
+        self.assertEqual(sum(rows.mapped("app_amount")), 19 * 4 + 190 * 4 + 25)
+        orders = self.env["sale.order"].search([("x_fc_service_id", "=", self.service.id)])
+        self.assertNotIn(sid("s", 13), orders.mapped("x_fc_external_id"), "an incomplete subscription is skipped")
         wizard = self.env["fusion.billing.cutover.wizard"].with_user(self.billing_admin).create(
             {"service_id": self.service.id})
         self.assertFalse(wizard.needs_acknowledgement, "nothing to acknowledge when every row matches")
         wizard.action_confirm()
         self.assertEqual(self.service.billing_mode, "live")
+
+
+@tagged("post_install", "-at_install")
+class TestReconciliationFollowsTheBillingGrid(FusionBillingCase):
+    """Odoo's side is the order's own billing periods: the grid of its Date of Next Invoice (``_fc_anchor``),
+    where its usage is recorded, not anniversaries of its start date."""
+
+    def test_usage_of_a_subscription_whose_grid_is_not_its_start_date(self):
+        order = self._create_subscription(external_id="off-grid", start_date=date(2026, 10, 15),
+                                          next_invoice_date=date(2026, 11, 1))
+        self.assertEqual((order._fc_start(), order._fc_anchor()), (date(2026, 10, 15), date(2026, 10, 1)))
+        period = order._fc_period(datetime(2026, 11, 10))
+        self.assertEqual(period, NOVEMBER, "its usage periods follow the invoices: Nov 1 to Dec 1")
+        self.env["fusion.billing.usage"].create({  # 300 GB: 200 above the quota at 0.05 = 10.00
+            "subscription_id": order.id, "metric_id": self.metric_bandwidth.id, "period_start": period[0],
+            "period_end": period[1], "quantity": 300, "events_count": 3})
+        Recon = self.env["fusion.billing.reconciliation"]
+        Recon._api_report(self.service, [{"external_subscription_id": "off-grid", "period_start": "2026-11-01",
+                                          "period_end": "2026-12-01", "base_fee_cents": 4900,
+                                          "usage": {"bandwidth_gb": 1000}}])
+        Recon._run(self.service, *NOVEMBER)
+        row = Recon.search([("service_id", "=", self.service.id), ("external_subscription_id", "=", "off-grid")])
+        self.assertEqual((row.state, row.reason, row.odoo_amount, row.app_amount), ("match", False, 59.0, 59.0))
+        # October: nothing before its start (Oct 15), and its first invoice is on Nov 1.
+        Recon._run(self.service, date(2026, 10, 1), NOVEMBER[0])
+        october = Recon.search([("service_id", "=", self.service.id), ("period_start", "=", date(2026, 10, 1))])
+        self.assertEqual((october.state, october.odoo_amount), ("match", 0.0), "neither side bills it in October")
 
 
 @tagged("post_install", "-at_install")
