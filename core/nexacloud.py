@@ -47,11 +47,18 @@ ALLOCATION_METRICS = ("vcpu", "ram_mb", "disk_gb")
 
 STRIPE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete",
                    "incomplete_expired", "canceled")
+# Statuses the importer leaves out. ``incomplete``: the first payment never went through; Stripe collects
+# nothing and, after 23 hours, expires it (``incomplete_expired``). It never started: if the customer pays
+# after all, a later import (or the app, through the API) brings it in as a subscription that bills.
 SKIPPED_STATUSES = {
     "canceled": "canceled in NexaCloud",
+    "incomplete": "never started in NexaCloud (incomplete: its first payment did not go through)",
     "incomplete_expired": "never started in NexaCloud (incomplete_expired)",
 }
-# Statuses Stripe still charges at each renewal (trials and incomplete subscriptions collect nothing).
+# Statuses of subscriptions that never started: Stripe bills them nothing, and Odoo never activates a copy.
+NOT_STARTED_STATUSES = ("incomplete", "incomplete_expired")
+# Statuses Stripe still charges at each renewal (a trial is charged first when it ends, at its
+# current_period_end; incomplete subscriptions collect nothing).
 BILLED_STATUSES = ("active", "past_due", "unpaid", "paused")
 MONTHS_PER_INTERVAL = {"month": Decimal(1), "year": Decimal(12), "week": Decimal(12) / 52}
 LIVE_DEPLOYMENT_STATUSES = ("provisioning", "running", "stopped")
@@ -303,9 +310,9 @@ class Source:
 # ---------------------------------------------------------------------------- planner
 class Decision(namedtuple("Decision", "action reason values warning", defaults=(None, None, None))):
     """What to do with one source row. ``code`` names why a row is skipped or failed, for code that
-    counts them: ``canceled``, ``incomplete_expired``, ``user_deleted`` (its user is soft-deleted),
-    ``parent_failed``, ``parent_skipped``, ``orphan``; None otherwise. It is kept out of the tuple, so
-    a decision still equals ``(action, reason, values, warning)``."""
+    counts them: ``canceled``, ``incomplete``, ``incomplete_expired``, ``user_deleted`` (its user is
+    soft-deleted), ``parent_failed``, ``parent_skipped``, ``orphan``, ``trial_end_unknown``; None
+    otherwise. It is kept out of the tuple, so a decision still equals ``(action, reason, values, warning)``."""
 
     code = None
 
@@ -413,6 +420,11 @@ def plan_subscription(row, users, plans):
     """subscriptions row → draft shadow subscription values.
 
     ``users``: {user id: Decision.action of that user}; ``plans``: {plan id: action}.
+
+    The copy starts on ``current_period_start`` (else ``created_at``) and is next invoiced on
+    ``current_period_end``, as Stripe renews it. A ``trialing`` subscription is charged first when
+    its trial ends, at ``current_period_end``: its ``trial_end`` is that day, before which Odoo bills
+    nothing (fee or usage). ``incomplete`` ones are skipped (:data:`SKIPPED_STATUSES`).
     """
     status = (row.get("status") or "").strip().lower()
     if status in SKIPPED_STATUSES:
@@ -426,10 +438,16 @@ def plan_subscription(row, users, plans):
         return problem
     start = _date(row.get("current_period_start")) or _date(row.get("created_at"))
     period_end = _date(row.get("current_period_end"))
+    trial_end = False
+    if status == "trialing":
+        if not period_end:
+            return Decision(FAIL, "in trial without a current_period_end: when Stripe charges it first is unknown",
+                            code="trial_end_unknown")
+        trial_end = period_end
     return Decision(IMPORT, values={
         "external_id": str(row["id"]), "user_id": user_id, "plan_id": plan_id, "status": status,
         "stripe_subscription_id": (row.get("stripe_subscription_id") or "").strip() or False,
-        "start_date": start or False, "next_invoice_date": period_end or False,
+        "start_date": start or False, "next_invoice_date": period_end or False, "trial_end": trial_end,
         "end_date": period_end if row.get("cancel_at_period_end") and period_end else False,
     })
 

@@ -16,16 +16,20 @@ when the current period is not a whole interval (e.g. it followed a trial) both 
 
 A subscription bills the plan price once for every renewal inside the reconciled period
 ``[period_start, period_end)``, monthly and yearly plans alike; nothing at or after
-``canceled_at``; nothing while ``trialing`` or ``incomplete``/``incomplete_expired`` (Stripe
-collects nothing then). Examples (monthly plan, period = November 2026):
+``canceled_at``; nothing while ``incomplete``/``incomplete_expired`` (its first payment never went
+through: Stripe collects nothing). A ``trialing`` subscription is charged first when its trial
+ends, at ``current_period_end``: that is its only renewal (never its start, nor an interval before).
+Examples (monthly plan, period = November 2026):
 
 * created 2026-01-03, current period 2026-11-03 → 2026-12-03: one renewal (Nov 3);
 * created 2026-01-25, current period 2026-10-25 → 2026-11-25: one renewal (Nov 25, the next one);
 * the same, canceled 2026-11-20: nothing (canceled before its renewal); canceled 2026-11-26: Nov 25;
-* yearly, current period 2025-11-25 → 2026-11-25: one renewal (Nov 25); 2026-03-03 → 2027-03-03: none.
+* yearly, current period 2025-11-25 → 2026-11-25: one renewal (Nov 25); 2026-03-03 → 2027-03-03: none;
+* in trial from 2026-11-02 to 2026-11-16: one renewal (Nov 16, its first charge); to 2026-12-02: none.
 
-Odoo's side renews from the subscription's start date (anniversary billing, like the native
-recurring engine) until its end date or termination: :func:`odoo_renewals`.
+Odoo's side (:func:`odoo_renewals`) renews on the subscription's billing grid, the one through its
+*Date of Next Invoice* where the native recurring engine invoices it, from its first billed day (its
+start date, or the end of its trial) until its end date or termination.
 
 Reasons (:data:`REASONS`) are *timing* (both sides bill the same thing at different moments, or
 Odoo's copy is older than the app's data: they resolve themselves) or *real* (after the cutover
@@ -42,8 +46,8 @@ ZERO = Decimal(0)
 DEFAULT_TOLERANCE = Decimal("0.01")
 TIMING, REAL = "timing", "real"
 
-# Stripe statuses that collect nothing (trials and subscriptions whose first payment never went through).
-NOT_BILLING_STATUSES = ("trialing", "incomplete", "incomplete_expired")
+# Stripe statuses that collect nothing (subscriptions whose first payment never went through).
+NOT_BILLING_STATUSES = nexacloud.NOT_STARTED_STATUSES
 
 # reason code → (label shown in lists and totals, kind). Timing: the two sides bill the same
 # thing at different moments (or Odoo's copy is older than the app's data); real: after the
@@ -149,8 +153,14 @@ def stripe_renewals(period_start, period_end, interval, created_at=None, current
     ``current_period_end`` when ``current_period_start`` is one of them, which keeps the
     anchor day Stripe clamps (Jan 31 → Feb 28 → Mar 31).
     """
-    if (status or "").strip().lower() in NOT_BILLING_STATUSES:
+    status = (status or "").strip().lower()
+    if status in NOT_BILLING_STATUSES:
         return ()
+    if status == "trialing":  # charged first when the trial ends (unless it cancels then)
+        if current_period_end is None or cancel_at_period_end:
+            return ()
+        return tuple(moment for moment in (current_period_end,) if period_start <= _day(moment) < period_end
+                     and (canceled_at is None or _before(moment, canceled_at)))
     start = current_period_start or created_at
     if start is None and current_period_end is None:
         return ()
@@ -183,11 +193,14 @@ def stripe_renewals(period_start, period_end, interval, created_at=None, current
                         and (canceled_at is None or _before(moment, canceled_at))))
 
 
-def odoo_renewals(anchor, unit, value, period_start, period_end, until=None):
-    """Start dates of Odoo's billing periods (anniversaries of ``anchor``) inside the period,
-    before ``until`` (the subscription's end date or termination), as the recurring engine bills."""
+def odoo_renewals(anchor, unit, value, period_start, period_end, until=None, since=None):
+    """Start dates of Odoo's billing periods inside the period, as the recurring engine bills them in
+    advance: the grid of ``anchor`` (the subscription's grid through its Date of Next Invoice, at or
+    before its start), from ``since`` (its first billed day: its start, or the end of its trial;
+    default ``anchor``), before ``until`` (its end date or termination)."""
+    since = anchor if since is None else since
     return tuple(start for start, _end in periods.periods_between(anchor, unit, value, period_start, period_end)
-                 if start >= period_start and start >= anchor and (until is None or _before(start, until)))
+                 if start >= period_start and start >= since and (until is None or _before(start, until)))
 
 
 # ---------------------------------------------------------------------------- NexaCloud
@@ -313,10 +326,10 @@ def _mismatch(odoo, app, tolerance):
     if _plans_differ(odoo, app):
         return "plan_differs", f"Plan differs: Odoo bills plan {odoo.plan_code}, the app {app.plan_code}."
     status = app.status or ""
-    if status == "trialing" and not app.renewals:
+    if status == "trialing" and set(odoo.renewals or ()) != set(app.renewals or ()):
         ends = f" until {app.period_end}" if app.period_end else ""
         return "trial", (f"In trial in the app{ends}: Stripe bills nothing before the trial ends, Odoo's copy renews "
-                         f"on {_dates(odoo.renewals or ())} (its start date).")
+                         f"on {_dates(odoo.renewals or ())} (it does not know the trial).")
     if status in ("incomplete", "incomplete_expired") and not app.renewals:
         return "not_started", (f"Never started in the app ({status}: its first payment did not go through), so "
                                f"Stripe bills nothing; Odoo's copy bills {_money(odoo.amount)} {odoo.currency}.")

@@ -210,6 +210,17 @@ class FusionBillingImportRun(models.Model):
                 "Stripe still bills them %(amount)s a month, Odoo will not.", count=billed["count"],
                 amount=" + ".join(f"{amount:,.2f} {currency}" for currency, amount in sorted(billed["monthly"].items()))
                 or "an unknown amount")
+        never_started = result.incomplete_skipped
+        if never_started["count"]:
+            message += " " + self.env._(
+                "Incomplete subscriptions skipped: %(count)s (their first payment never went through, so Stripe bills "
+                "them nothing; %(amount)s a month once started).", count=never_started["count"],
+                amount=" + ".join(f"{amount:,.2f} {currency}"
+                                  for currency, amount in sorted(never_started["monthly"].items())) or "an unknown amount")
+        if result.trials_imported:
+            message += " " + self.env._(
+                "Trials imported: %(count)s (Odoo bills each from the end of its trial, when Stripe first charges it).",
+                count=result.trials_imported)
         if notes:
             message += " " + " ".join(notes)
         self.write({

@@ -253,11 +253,6 @@ class FusionBillingReconciliation(models.Model):
             figures=f" By reason: {figures}." if figures else "")
 
     @api.model
-    def _fc_plan_base_fee(self, plan):
-        """The base fee of one renewal of ``plan`` (the one place Odoo's side reads it)."""
-        return money.to_decimal(plan.x_fc_amount or 0)
-
-    @api.model
     def _fc_last_import_at(self, service):
         """When the app's data was last imported, or None: the newest subscription an import created
         (they carry the app's status). A re-import that creates nothing does not move it."""
@@ -267,8 +262,9 @@ class FusionBillingReconciliation(models.Model):
 
     @api.model
     def _odoo_bills(self, service, period_start, period_end):
-        """Shadow bills of the service's subscriptions in the period: the base fee of each renewal
-        (``core.reconcile.odoo_renewals``) + the rated usage of its period, with their taxes.
+        """Shadow bills of the service's subscriptions in the period: what each would bill had it been
+        live since its start, on its own billing periods (``sale.order._fc_renewals``): the plan's base
+        fee at each renewal and the rated usage of those periods, with their taxes.
 
         Read in bulk; taxes are computed once per product, fiscal position and amount. A
         subscription whose bill cannot be computed becomes an error bill (its row says why), the
@@ -279,8 +275,8 @@ class FusionBillingReconciliation(models.Model):
             ("x_fc_service_id", "=", service.id), ("is_subscription", "=", True), ("state", "!=", "cancel"),
             ("x_fc_external_id", "!=", False),
             "|", ("x_fc_terminated_at", "=", False), ("x_fc_terminated_at", ">=", period_start)],
-            ["x_fc_external_id", "plan_id", "start_date", "date_order", "end_date", "x_fc_terminated_at", "currency_id",
-             "partner_id", "x_fc_account_link_id", "x_fc_source_status", "fiscal_position_id", "company_id"],
+            ["x_fc_external_id", "plan_id", "x_fc_terminated_at", "currency_id", "partner_id", "x_fc_account_link_id",
+             "x_fc_source_status", "fiscal_position_id", "company_id"],
             order="id", load=None)
         plans = {plan.id: plan for plan in self.env["sale.subscription.plan"].browse({r["plan_id"] for r in rows})}
         with_charges = {plan_id for plan_id, plan in plans.items() if plan.x_fc_charge_ids.filtered("active")}
@@ -290,8 +286,8 @@ class FusionBillingReconciliation(models.Model):
         currencies = {c.id: c for c in self.env["res.currency"].browse({r["currency_id"] for r in rows})}
         taxes = _TaxCache(Order)
         bills, orders = {}, {}
-        usage_orders = Order.browse([r["id"] for r in rows if r["plan_id"] in with_charges])  # prefetched together
-        usage_by_order = {order.id: order for order in usage_orders}
+        records = Order.browse([r["id"] for r in rows])  # prefetched together
+        by_id = {order.id: order for order in records}
         for row in rows:
             key = row["x_fc_external_id"]
             plan = plans[row["plan_id"]]
@@ -299,8 +295,8 @@ class FusionBillingReconciliation(models.Model):
             partner_key = link_keys.get(link) or row["partner_id"]
             currency = currencies[row["currency_id"]]
             try:
-                bill = self._fc_order_bill(row, plan, usage_by_order.get(row["id"]), partner_key, currency, taxes,
-                                           period_start, period_end)
+                bill = self._fc_order_bill(row, by_id[row["id"]], plan, plan.id in with_charges, partner_key,
+                                           currency, taxes, period_start, period_end)
             except psycopg2.Error:
                 raise
             except Exception as error:  # noqa: BLE001 — one malformed subscription never stops the others
@@ -313,25 +309,24 @@ class FusionBillingReconciliation(models.Model):
         return bills, orders
 
     @api.model
-    def _fc_order_bill(self, row, plan, order, partner_key, currency, taxes, period_start, period_end):
-        """One subscription's shadow bill: its plan's base fee at each of its renewals in the period,
-        and (``order`` given when its plan has usage charges) the rated usage of those periods."""
-        anchor = row["start_date"] or row["date_order"].date()
-        ends = [value for value in (row["end_date"], row["x_fc_terminated_at"]) if value]  # it renews before them
-        renewals = reconcile.odoo_renewals(anchor, plan.billing_period_unit, plan.billing_period_value, period_start,
-                                           period_end, until=min(ends, key=fields.Date.to_date) if ends else None)
-        unit_price = self._fc_plan_base_fee(plan)
+    def _fc_order_bill(self, row, order, plan, with_usage, partner_key, currency, taxes, period_start, period_end):
+        """One subscription's shadow bill, from the order's own billing periods: its plan's base fee
+        (``plan._fc_base_fee()``) at each of its renewals in the period (``order._fc_renewals``), and,
+        when its plan has usage charges (``with_usage``), the rated usage of those periods
+        (``order._fc_rated_usage``; usage is recorded on the same grid, ``order._fc_period``)."""
+        renewals = order._fc_renewals(period_start, period_end)
+        unit_price = plan._fc_base_fee()
         base = unit_price * len(renewals)
         tax = taxes.get(row, plan.x_fc_product_id, base) if base and plan.x_fc_product_id else 0.0
         usage = defaultdict(Decimal)
-        for start in renewals if order else ():
+        for start in renewals if with_usage else ():
             for charge, _usage, rating in order._fc_rated_usage(start):
                 usage[charge.metric_id.code] += rating.amount
                 tax += taxes.get(row, charge._fc_product(), rating.amount) if rating.amount else 0.0
         return reconcile.Bill(
             partner_key=partner_key, currency=currency.name, plan_code=plan.x_fc_plan_code, base_fee=base,
             usage=dict(usage), tax=money.round_money(tax, currency.decimal_places), renewals=renewals,
-            unit_price=unit_price, status=row["x_fc_source_status"] or None, since=anchor,
+            unit_price=unit_price, status=row["x_fc_source_status"] or None, since=order._fc_first_billed_day(),
             linked=bool(row["x_fc_account_link_id"]))
 
     @api.model

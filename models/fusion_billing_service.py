@@ -334,15 +334,21 @@ class FusionBillingService(models.Model):
         """Live only: confirm this app's imported draft subscriptions, in batches, attaching the
         customer's saved payment token when Odoo has one. Idempotent: confirmed ones are skipped.
         The app billed the current period: Odoo's first invoice is on the imported next invoice
-        date (the next period's fee, and this period's usage from the cutover on)."""
+        date (the next period's fee, and this period's usage from the cutover on). A trial's first
+        invoice is at its end, without the trial's usage. Drafts Stripe does not bill (copied from
+        an ``incomplete`` subscription: its first payment never went through) are never confirmed:
+        they stay drafts, and the message says how many."""
         self.ensure_one()
         self._fc_check_manager()
         if self.billing_mode != "live":
             raise UserError(self.env._("Switch %s to live before activating its subscriptions.", self.name))
-        orders = self.env["sale.order"].search([
+        drafts = self.env["sale.order"].search([
             ("x_fc_service_id", "=", self.id), ("is_subscription", "=", True), ("state", "in", ("draft", "sent")),
             ("x_fc_terminated_at", "=", False)], order="id")
-        confirmed = with_token = failed = 0
+        left = drafts.filtered(lambda order: order._fc_never_billed())
+        orders = drafts - left
+        today = fields.Date.context_today(self)
+        confirmed = with_token = failed = in_trial = 0
         errors = []
         for offset in range(0, len(orders), batch_size):
             for order in orders[offset:offset + batch_size]:
@@ -360,17 +366,22 @@ class FusionBillingService(models.Model):
                         order._fc_activate()
                         order._fc_notify("subscription.updated")
                         confirmed += 1
+                        in_trial += bool(order.x_fc_trial_end and order.x_fc_trial_end > today)
                 except (UserError, ValidationError) as error:
                     failed += 1
                     errors.append(f"{order.name}: {error}")
+        not_billed = self.env._(
+            " %(count)s left as drafts: Stripe does not bill them (incomplete: their first payment never went "
+            "through), so Odoo never will.", count=len(left)) if left else ""
         self.message_post(body=self.env._(
-            "Activation by %(user)s: %(confirmed)s subscriptions confirmed (%(token)s with a saved payment "
-            "method), %(failed)s failed.%(errors)s", user=self.env.user.name, confirmed=confirmed,
-            token=with_token, failed=failed, errors=("\n" + "\n".join(errors[:20])) if errors else ""))
+            "Activation by %(user)s: %(confirmed)s subscriptions confirmed (%(trials)s in trial, first invoiced "
+            "when their trial ends; %(token)s with a saved payment method), %(failed)s failed.%(not_billed)s"
+            "%(errors)s", user=self.env.user.name, confirmed=confirmed, trials=in_trial, token=with_token,
+            failed=failed, not_billed=not_billed, errors=("\n" + "\n".join(errors[:20])) if errors else ""))
         return {"type": "ir.actions.client", "tag": "display_notification", "params": {
             "title": self.env._("Subscriptions activated"),
-            "message": self.env._("%(confirmed)s confirmed, %(failed)s failed (see the chatter).",
-                                  confirmed=confirmed, failed=failed),
+            "message": self.env._("%(confirmed)s confirmed, %(failed)s failed, %(left)s left as drafts (see the "
+                                  "chatter).", confirmed=confirmed, failed=failed, left=len(left)),
             "type": "warning" if failed else "success", "sticky": bool(failed)}}
 
     @api.model

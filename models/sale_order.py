@@ -6,7 +6,7 @@ from markupsafe import Markup
 
 from odoo import api, fields, models
 
-from ..core import errors, lago, money, periods
+from ..core import errors, lago, money, nexacloud, periods, reconcile
 from ..services.billing_cycle import BillingCycle, last_served_day
 from ..services.subscription_lifecycle import SubscriptionLifecycle
 
@@ -29,6 +29,11 @@ class SaleOrder(models.Model):
         string="Status in App", copy=False, help="Status in the app's own billing (e.g. Stripe's), for information.")
     x_fc_stripe_subscription_id = fields.Char(
         string="Stripe Subscription (info)", copy=False, help="Informational only: never used to charge.")
+    x_fc_trial_end = fields.Date(
+        string="Trial Ends", copy=False, readonly=True,
+        help="The app's free trial ends on this day (copied by the import): Odoo bills nothing before it, "
+             "neither the fee nor the trial's usage. Its first invoice is on that day, when Stripe would "
+             "have charged it first.")
     x_fc_terminated_at = fields.Datetime(string="Terminated At", copy=False)
     x_fc_previous_plan_code = fields.Char(string="Previous Plan Code", copy=False)
     x_fc_usage_ids = fields.One2many("fusion.billing.usage", "subscription_id", string="Usage")
@@ -147,6 +152,32 @@ class SaleOrder(models.Model):
         plan = self.plan_id
         at = at or fields.Datetime.now()
         return periods.period_bounds(self._fc_anchor(), plan.billing_period_unit, plan.billing_period_value, at)
+
+    def _fc_first_billed_day(self):
+        """The first day Odoo bills: the start, or the end of the app's free trial."""
+        self.ensure_one()
+        start = self._fc_start()
+        return max(start, self.x_fc_trial_end) if self.x_fc_trial_end else start
+
+    def _fc_never_billed(self):
+        """A draft copied from an app subscription that never started (Stripe's ``incomplete``: its
+        first payment did not go through, Stripe bills nothing): activation never confirms it."""
+        self.ensure_one()
+        return self.state in ("draft", "sent") and self.x_fc_source_status in nexacloud.NOT_STARTED_STATUSES
+
+    def _fc_renewals(self, period_start, period_end):
+        """Start dates of the billing periods Odoo bills (in advance) inside ``[period_start, period_end)``:
+        its own billing grid (``_fc_anchor``, through the Date of Next Invoice, where its usage periods
+        are too), from its first billed day, before its end date or termination. What it would bill
+        had it been live since its start; nothing for a draft that is never activated."""
+        self.ensure_one()
+        if self._fc_never_billed():
+            return ()
+        plan = self.plan_id
+        ends = [value for value in (self.end_date, self.x_fc_terminated_at) if value]  # it renews before them
+        return reconcile.odoo_renewals(
+            self._fc_anchor(), plan.billing_period_unit, plan.billing_period_value, period_start, period_end,
+            until=min(ends, key=fields.Date.to_date) if ends else None, since=self._fc_first_billed_day())
 
     def _fc_last_day(self, period_end):
         """Last day of the period ending ``period_end`` that this subscription served."""
@@ -364,15 +395,18 @@ class SaleOrder(models.Model):
     def _fc_activate(self):
         """Confirm an imported draft at cutover. The app billed the current period (in advance), so
         Odoo invoices nothing before the imported Date of Next Invoice, and earlier usage periods
-        were the app's to bill."""
+        were the app's to bill. A trial bills nothing before it ends: its first invoice is on its
+        end (the imported Date of Next Invoice), and the usage periods before it are never billed."""
         self.ensure_one()
         imported_next = self.next_invoice_date
         self.action_confirm()
         if imported_next and self.next_invoice_date != imported_next:
             self.next_invoice_date = imported_next
-        current_start = self._fc_period()[0]
-        if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < current_start:
-            self.x_fc_usage_closed_until = current_start
+        closed_until = self._fc_period()[0]
+        if self.x_fc_trial_end and self.x_fc_trial_end > closed_until:  # activated during the trial
+            closed_until = self._fc_period(self.x_fc_trial_end)[0]
+        if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < closed_until:
+            self.x_fc_usage_closed_until = closed_until
 
     # ------------------------------------------------------------------ native recurring invoicing
     def _create_recurring_invoice(self, *args, **kwargs):

@@ -1,9 +1,11 @@
 """The NexaCloud import itself: source rows (streamed, planned by ``core.nexacloud``) → Odoo upserts.
 
 Shadow-safe by construction: subscriptions are created as draft quotations and never
-confirmed (they carry their catalog plan; the plan's base-fee line is added when an
-administrator activates them after the cutover, which keeps a 25,000-row import fast), no payment token is touched, Stripe ids are kept for information, catalog charges
-get no plan reference, nothing is posted, e-mailed or webhooked. Idempotent: every record is
+confirmed (they carry their catalog plan and its base-fee line; an administrator activates them
+after the cutover), no payment token is touched, Stripe ids are kept for information, catalog
+charges get no plan reference, nothing is posted, e-mailed or webhooked. A trial keeps the end
+of its trial (``x_fc_trial_end``: Odoo bills nothing before it); an ``incomplete`` subscription
+(its first payment never went through, Stripe bills nothing) is skipped. Idempotent: every record is
 found again by its source key and only written when a value differs.
 
 Rows are handled in batches: a batch is written at once inside a savepoint; if anything in it
@@ -122,6 +124,9 @@ class ImportRun:
         self.plan_monthly = {}     # source plan id → (price per month, currency), for the figures below
         # Subscriptions Stripe still charges although the importer skips them (their user is soft-deleted).
         self.deleted_users_billed = {"count": 0, "monthly": defaultdict(Decimal)}  # currency → amount a month
+        # Subscriptions skipped because they never started (incomplete: Stripe bills them nothing).
+        self.incomplete_skipped = {"count": 0, "monthly": defaultdict(Decimal)}   # currency → amount a month
+        self.trials = set()        # source ids of the trialing subscriptions planned for import
 
     # ------------------------------------------------------------------ bookkeeping
     def count(self, entity, outcome, number=1):
@@ -416,7 +421,7 @@ class ImportRun:
         self.pricelist_of = {plan.id: pricelists[plan._fc_currency()] for plan in plan_records}
         self.base_fee_line = {plan.id: plan._fc_base_fee_line_values() for plan in plan_records if plan.x_fc_product_id}
         for chunk in batches(rows):
-            planned = []
+            planned, never_started = [], []
             for row in chunk:
                 sub_id = str(row["id"])
                 self.seen_subs.add(sub_id)
@@ -424,17 +429,23 @@ class ImportRun:
                 self.sub_state[sub_id] = decision.action
                 if decision.action == nexacloud.IMPORT:
                     planned.append((sub_id, decision.values))
+                    if decision.values["trial_end"]:
+                        self.trials.add(sub_id)
                 else:
                     if decision.code == "user_deleted" and nexacloud.still_billed_by_stripe(row):
-                        self.count_deleted_user_billed(row)
+                        self.count_monthly(self.deleted_users_billed, row)
+                    elif decision.code == "incomplete":
+                        self.count_monthly(self.incomplete_skipped, row)
+                        never_started.append(sub_id)
                     self.report("subscriptions", "subscriptions", sub_id,
                                 "skipped" if decision.action == nexacloud.SKIP else "failed", decision.reason)
+            self.report_never_started_drafts(never_started)
             existing = {}
             for order in Order.search_read(
                     [("x_fc_service_id", "=", self.service.id), ("x_fc_external_id", "in", [s for s, _v in planned])],
                     ["x_fc_external_id", "state", "plan_id", "partner_id", "x_fc_account_link_id",
                      "x_fc_source_status", "x_fc_stripe_subscription_id", "start_date", "next_invoice_date",
-                     "end_date"], order="id", load=None):
+                     "x_fc_trial_end", "end_date"], order="id", load=None):
                 existing[order["x_fc_external_id"]] = order  # the latest order wins
             creates, updates = [], []
             for sub_id, values in planned:
@@ -445,7 +456,7 @@ class ImportRun:
                     "x_fc_source_status": values["status"],
                     "x_fc_stripe_subscription_id": values["stripe_subscription_id"],
                     "start_date": values["start_date"], "next_invoice_date": values["next_invoice_date"],
-                    "end_date": values["end_date"],
+                    "x_fc_trial_end": values["trial_end"], "end_date": values["end_date"],
                 }
                 current = existing.get(sub_id)
                 if current and current["state"] not in ("draft", "sent"):
@@ -460,11 +471,30 @@ class ImportRun:
             self.isolated("subscriptions", "subscriptions", creates, self._create_subs, self._mark_failed_sub)
             self.tick("subscriptions", len(chunk))
 
-    def count_deleted_user_billed(self, row):
+    def count_monthly(self, figures, row):
+        """Count a skipped subscriptions row and its plan's price per month into ``figures``."""
         amount, currency = self.plan_monthly.get(row["plan_id"], (None, None))
-        self.deleted_users_billed["count"] += 1
+        figures["count"] += 1
         if amount is not None:
-            self.deleted_users_billed["monthly"][currency] += amount
+            figures["monthly"][currency] += amount
+
+    def report_never_started_drafts(self, sub_ids):
+        """Drafts an earlier import copied from subscriptions that never started: kept, and said to
+        stay drafts (activation never confirms what Stripe does not bill)."""
+        if not sub_ids:
+            return
+        for order in self.env["sale.order"].search_read(
+                [("x_fc_service_id", "=", self.service.id), ("x_fc_external_id", "in", sub_ids),
+                 ("state", "in", ("draft", "sent")), ("x_fc_source_status", "in", nexacloud.NOT_STARTED_STATUSES)],
+                ["x_fc_external_id"], load=None):
+            self.lines.append(("subscriptions", "subscriptions", order["x_fc_external_id"], "warning",
+                               "copied as a draft by an earlier import; Stripe does not bill it, so activation "
+                               "leaves it a draft"))
+
+    @property
+    def trials_imported(self):
+        """Trialing subscriptions whose copy is in Odoo after this run."""
+        return len(self.trials & set(self.subs))
 
     def _mark_failed_sub(self, sub_id):
         self.sub_state[sub_id] = nexacloud.FAIL

@@ -428,11 +428,12 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertIn("(2025-01-10 to 2025-02-09)", lines_of(imported.invoice_ids)[1].name)
 
     def test_an_imported_trial_bills_nothing_until_its_first_paid_renewal(self):
-        """A trial copied from Stripe (Jan 20 to Feb 3): activated during its trial, Odoo's first invoice is
-        on Feb 3 with the next period's fee and no trial usage; usage from Feb 3 on is billed on Mar 3."""
+        """A one-month trial copied from Stripe (Jan 3 to Feb 3): activated during its trial, Odoo's first
+        invoice is on Feb 3 with the next period's fee and no trial usage; usage from Feb 3 on is billed on
+        Mar 3."""
         self.service.billing_mode = "shadow"
         trial = self._create_subscription(
-            external_id="sub_trial", start_date="2025-01-20", next_invoice_date="2025-02-03",
+            external_id="sub_trial", start_date="2025-01-03", next_invoice_date="2025-02-03",
             x_fc_trial_end="2025-02-03", x_fc_source_status="trialing",
             order_line=[Command.create(self.plan._fc_base_fee_line_values())])
         self.push("sub_trial", "trial-jan", (2025, 1, 25), 200)  # 100 GB above the quota, during the trial
