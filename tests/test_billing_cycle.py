@@ -5,6 +5,7 @@ only what Odoo's public Subscriptions documentation describes) through its sched
 Enterprise's would run: usage rides on the native recurring invoice and follows the native
 lifecycle. tests/ENTERPRISE_CHECKLIST.md lists the same checks by hand on a real Enterprise database.
 """
+import importlib.util
 import json
 from datetime import date, datetime
 from unittest.mock import patch
@@ -13,7 +14,7 @@ from freezegun import freeze_time
 
 from odoo import Command
 from odoo.tests import tagged
-from odoo.tools import mute_logger
+from odoo.tools import file_path, mute_logger
 
 from .common import UsageBillingCase
 
@@ -454,6 +455,27 @@ class TestNativeLifecycle(UsageBillingCase):
         march = trial.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 3))
         self.assertEqual(lines_of(march).mapped("price_subtotal"), [49.0, 10.0])
         self.assertIn("(2025-02-03 to 2025-03-02)", lines_of(march)[1].name)
+
+    def test_trials_copied_before_the_upgrade_get_their_trial_end(self):
+        """Migration 19.0.1.2.0: drafts the previous import copied from trials (no trial end then) bill
+        nothing before their Date of Next Invoice, the end of their trial; nothing else changes."""
+        self.service.billing_mode = "shadow"
+        copied = self._create_subscription(external_id="sub_old_trial", start_date="2025-01-03",
+                                           next_invoice_date="2025-02-03", x_fc_source_status="trialing")
+        self.assertEqual(copied._fc_renewals(date(2025, 1, 1), date(2025, 3, 1)), (date(2025, 1, 3), date(2025, 2, 3)),
+                         "without its trial end, the copy bills the trial")
+        active = self._create_subscription(external_id="sub_old_active", start_date="2025-01-20",
+                                           next_invoice_date="2025-02-20", x_fc_source_status="active")
+        self.assertFalse(copied.x_fc_trial_end)
+        self.env.flush_all()
+        path = file_path("fusion_centralize_billing/migrations/19.0.1.2.0/post-migrate.py")
+        spec = importlib.util.spec_from_file_location("fc_migrate_1_2", path)
+        migration = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(migration)
+        migration.migrate(self.env.cr, "19.0.1.1.0")
+        self.env.invalidate_all()
+        self.assertEqual((copied.x_fc_trial_end, active.x_fc_trial_end), (date(2025, 2, 3), False))
+        self.assertEqual(copied._fc_renewals(date(2025, 1, 1), date(2025, 3, 1)), (date(2025, 2, 3),))
 
     def test_activation_never_confirms_what_stripe_does_not_bill(self):
         """A draft copied from an incomplete Stripe subscription (its first payment never went through; an
