@@ -257,6 +257,21 @@ class TestNexacloudImport(NexacloudSourceCase):
         self.assertTrue(gone, "a row removed at the source is never deleted in Odoo")
         self.assertIn("no longer in NexaCloud", wizard.line_ids.filtered(lambda l: l.source_id == sid("s", 3)).reason)
 
+    def test_a_draft_an_earlier_import_copied_from_an_incomplete_subscription_is_kept_and_listed(self):
+        self.run_import()
+        dana = self.env["fusion.billing.account.link"].search([("external_id", "=", sid("u", 8))])
+        starter = self.env["sale.subscription.plan"].search([("x_fc_service_id", "=", self.service.id),
+                                                             ("x_fc_plan_code", "=", "starter")])
+        earlier = self._create_subscription(  # as the import copied incomplete rows before 19.0.1.2.0
+            external_id=sid("s", 8), plan=starter, partner=dana.partner_id, x_fc_account_link_id=dana.id,
+            x_fc_source_status="incomplete", start_date="2026-11-01", next_invoice_date="2026-12-01")
+        run = self.run_import()
+        warnings = run.line_ids.filtered(lambda l: l.source_id == sid("s", 8) and l.outcome == "warning")
+        self.assertEqual(warnings.reason, "copied as a draft by an earlier import; Stripe does not bill it, so "
+                                          "activation leaves it a draft")
+        self.assertEqual((earlier.state, earlier.x_fc_source_status), ("draft", "incomplete"), "kept as it was")
+        self.assertTrue(earlier._fc_never_billed())
+
     def test_one_bad_row_fails_alone(self):
         original = ImportRun._order_values
 

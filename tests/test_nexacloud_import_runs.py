@@ -55,7 +55,7 @@ class TestImportHistory(ImportRunHelpers, NexacloudSourceCase):
             self.assertGreaterEqual(run.duration, 0)
             self.assertEqual(run.banner, "danger")
             subscriptions = run.count_ids.filtered(lambda c: c.entity == "subscriptions")
-            self.assertEqual((subscriptions.created, subscriptions.skipped, subscriptions.failed), (6, 3, 2))
+            self.assertEqual((subscriptions.created, subscriptions.skipped, subscriptions.failed), (5, 4, 2))
             self.assertEqual(len(run.count_ids), 8, "one row per entity")
             self.assertEqual(set(run.line_ids.filtered(lambda l: l.outcome == "failed").mapped("source_id")),
                              {sid("u", 9), "5", sid("s", 10), sid("s", 11)})
