@@ -16,7 +16,10 @@ EVENT_STATES = [
 
 
 # What ingestion needs of a subscription, a service and a metric, read once per request.
-_Target = namedtuple("_Target", "subscription_id start terminated_at account_link_id plan_id period_unit period_value")
+# ``start``: first day the subscription covers; ``anchor``: its billing grid (``sale.order._fc_anchor``),
+# which usage periods follow (the native invoicing periods, e.g. an imported trial invoiced on the 1st).
+_Target = namedtuple("_Target", "subscription_id start anchor terminated_at account_link_id plan_id "
+                                "period_unit period_value")
 _Owner = namedtuple("_Owner", "service_id company_id")
 _Metric = namedtuple("_Metric", "id aggregation field_name")
 
@@ -124,7 +127,8 @@ class FusionBillingEvent(models.Model):
     def _resolve_subscriptions(self, service, external_ids):
         """External subscription id → [_Target] (live first, then the most recently terminated)."""
         self.env.cr.execute("""
-            SELECT so.x_fc_external_id, so.id, COALESCE(so.start_date, so.date_order::date), so.x_fc_terminated_at,
+            SELECT so.x_fc_external_id, so.id, COALESCE(so.start_date, so.date_order::date),
+                   COALESCE(so.x_fc_period_anchor, so.start_date, so.date_order::date), so.x_fc_terminated_at,
                    so.x_fc_account_link_id, plan.id, plan.billing_period_unit, plan.billing_period_value
               FROM sale_order so JOIN sale_subscription_plan plan ON plan.id = so.plan_id
              WHERE so.x_fc_service_id = %s AND so.x_fc_external_id IN %s AND so.is_subscription
@@ -213,7 +217,7 @@ class FusionBillingEvent(models.Model):
             day = (row["subscription_id"], row["timestamp"].date())
             if day not in bounds:
                 target = by_subscription[row["subscription_id"]]
-                bounds[day] = periods.period_bounds(target.start, target.period_unit, target.period_value, day[1])
+                bounds[day] = periods.period_bounds(target.anchor, target.period_unit, target.period_value, day[1])
             groups[(row["subscription_id"], row["metric_id"], *bounds[day])].append(row)
         included = self._included_quantities({t.plan_id for t in by_subscription.values()}, set(metrics_by_id))
         usage = self.env["fusion.billing.usage"]

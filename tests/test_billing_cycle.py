@@ -63,6 +63,20 @@ class TestUsageOnTheRecurringInvoice(UsageBillingCase):
         self.assertEqual(sorted((fee["item"]["type"], fee["amount_cents"]) for fee in found["fees"]),
                          [("charge", 600), ("charge", 750), ("subscription", 4900)])
 
+    def test_events_of_a_subscription_off_its_billing_grid_land_in_its_billing_periods(self):
+        """A subscription that started on January 10 but is invoiced on the 1st (e.g. an imported trial
+        or a Stripe anchor): its usage periods are the invoicing periods, events included."""
+        order = self._create_subscription(external_id="sub_off", start_date=date(2025, 1, 10),
+                                          next_invoice_date=date(2025, 2, 1))
+        self.assertEqual(order._fc_period(datetime(2025, 1, 20))[0], date(2025, 1, 1))
+        self.push("sub_off", "off-1", (2025, 1, 20), 300)
+        self.push("sub_off", "off-2", (2025, 2, 3), 150)
+        january = {charge: rating.units for charge, _usage, rating in order._fc_rated_usage(date(2025, 1, 1))}
+        february = {charge: rating.units for charge, _usage, rating in order._fc_rated_usage(date(2025, 2, 1))}
+        self.assertEqual((january[self.charge], february[self.charge]), (300, 150))
+        self.env["fusion.billing.usage"]._fc_fold(order.ids)
+        self.assertEqual(sorted(order.x_fc_usage_ids.mapped("period_start")), [date(2025, 1, 1), date(2025, 2, 1)])
+
     def test_credit_note_cancellation_or_reset_to_draft_never_bill_usage_again(self):
         orders = [self.subscribe(f"sub_c{n}", customer=f"cus_c{n}") for n in range(3)]
         self.recurring("2025-01-01 03:00:00")
