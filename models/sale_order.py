@@ -462,7 +462,8 @@ class SaleOrder(models.Model):
             "billing_time": "anniversary",
             "subscription_at": start,
             "started_at": start if status != "pending" else None,
-            "trial_ended_at": None,
+            "trial_ended_at": datetime.combine(self.x_fc_trial_end, time.min)
+            if self.x_fc_trial_end and self.x_fc_trial_end <= fields.Date.context_today(self) else None,
             "ending_at": datetime.combine(self.end_date, time.min) if self.end_date else None,
             "terminated_at": self.x_fc_terminated_at if status == "terminated" else None,
             "canceled_at": self.x_fc_terminated_at if status == "canceled" else None,

@@ -460,6 +460,11 @@ class TestNativeLifecycle(UsageBillingCase):
         self.recurring("2025-01-22 10:00:00")
         self.close("2025-01-22 10:00:00")
         self.assertFalse(trial.invoice_ids, "nothing during the trial")
+        with freeze_time("2025-01-22 11:00:00"):
+            during = self.api("GET", "subscriptions/sub_trial").json()["subscription"]
+        with freeze_time("2025-02-04"):
+            after = self.api("GET", "subscriptions/sub_trial").json()["subscription"]
+        self.assertEqual((during["trial_ended_at"], after["trial_ended_at"]), (None, "2025-02-03T00:00:00Z"))
         self.recurring("2025-02-03 03:00:00")
         self.close("2025-02-03 10:00:00")
         self.assertEqual(lines_of(trial.invoice_ids).mapped("price_subtotal"), [49.0],
