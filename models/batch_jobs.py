@@ -38,10 +38,25 @@ def claim(env, query, params):
 
 
 def commit_batch(env, processed):
-    """Commit a finished batch; False when the cron job is out of time (the next run resumes)."""
+    """Commit a finished batch and report it to the scheduled job running it; False when the job is
+    out of time: the caller stops, and the job is marked as having work left, so that Odoo runs it
+    again at once (partially done) rather than at its next interval (``ir.cron._run_job``: a run
+    that reports nothing remaining is fully done; its time budget is ``MIN_TIME_PER_JOB``)."""
     if not real_transactions(env):
         return True  # a test runs in one transaction that must not be committed
-    return bool(env["ir.cron"]._commit_progress(processed))
+    cron = env["ir.cron"]
+    if cron._commit_progress(processed):
+        return True
+    if env.context.get("ir_cron_progress_id"):
+        cron._commit_progress(0, remaining=1)  # more to do: run again at once
+    return False
+
+
+def commit(env):
+    """Commit a finished batch without a time budget (work that must finish in this run, e.g. inside
+    Odoo's own recurring-invoice job, whose progress is not ours to report)."""
+    if real_transactions(env):
+        env.cr.commit()
 
 
 def retry_after_conflict(env, error, retries):

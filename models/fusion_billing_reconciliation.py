@@ -391,8 +391,7 @@ class FusionBillingReconciliation(models.Model):
                 _logger.warning("Reconciliation of %s for %s failed: %s", service.name, previous, error)
                 self.env.invalidate_all()
                 Run._fc_record_failure(service, previous, first, error)
-            if not batch_jobs.commit_batch(self.env, 1):
-                return
+            batch_jobs.commit(self.env)  # each service's run (or failure) kept on its own
 
 
 class _TaxCache:

@@ -412,8 +412,7 @@ class SaleOrder(models.Model):
     def _create_recurring_invoice(self, *args, **kwargs):
         """Odoo's recurring run: first close the usage of the subscriptions it is about to invoice,
         so that it rides on their invoice (lines only; no invoice of our own)."""
-        if not BillingCycle(self.env).before_recurring_invoicing(self):
-            return self.env["account.move"]  # out of time: the scheduled action runs again and resumes
+        BillingCycle(self.env).before_recurring_invoicing(self)
         # Invoice lines look their analytic defaults up once per run, not once per line.
         return super(SaleOrder, self.with_context(fc_distribution_memo={}))._create_recurring_invoice(*args, **kwargs)
 

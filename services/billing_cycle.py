@@ -67,10 +67,11 @@ class BillingCycle:
         self.orders = env["sale.order"]
 
     # ------------------------------------------------------------------ entry points
-    def before_recurring_invoicing(self, orders, batch_size=BATCH_SIZE):
+    def before_recurring_invoicing(self, orders, batch_size=None):
         """Odoo's recurring run is about to invoice ``orders`` (empty: every subscription due today).
-        Close their due usage onto order lines. False when the run is out of time (it stops here
-        and resumes on its next call)."""
+        Close their due usage onto order lines, all of it: the run invoices right after, so nothing
+        due may be left for later. Batches are committed without a time budget of ours (the job
+        is Odoo's; its own time limit still applies, and a killed run resumes from the last batch)."""
         today = fields.Date.context_today(self.orders)
         until = self._native_until(today)
         if orders:
@@ -82,7 +83,8 @@ class BillingCycle:
         live = self.env["fusion.billing.service"].search([("billing_mode", "=", "live")]).ids
         if not live:
             return True
-        return self._claim_and_close(NATIVE_CLAIM, {"today": today, "live": live}, until, batch_size)
+        return self._claim_and_close(NATIVE_CLAIM, {"today": today, "live": live}, until,
+                                     batch_size or BATCH_SIZE, budget=False)
 
     def close_outside_native_run(self, batch_size=BATCH_SIZE):
         """Close what the native run does not invoice (see the module docstring). False when out of time."""
@@ -108,7 +110,9 @@ class BillingCycle:
             return today
         return until
 
-    def _claim_and_close(self, query, params, until, batch_size):
+    def _claim_and_close(self, query, params, until, batch_size, budget=True):
+        """Claim and close batches until none is left; False when the job's time budget ran out
+        (``budget=False``: no budget of ours, every batch is closed now)."""
         skip, conflicts = [], 0
         while True:
             orders = self.orders.browse(batch_jobs.claim(self.env, query, dict(params, skip=skip, limit=batch_size)))
@@ -116,8 +120,10 @@ class BillingCycle:
                 return True
             try:
                 failed = self._isolated(orders, lambda batch: self._close(batch, until))
-                if not batch_jobs.commit_batch(self.env, len(orders)):
-                    return False  # out of time: the next run resumes here
+                if not budget:
+                    batch_jobs.commit(self.env)
+                elif not batch_jobs.commit_batch(self.env, len(orders)):
+                    return False  # out of time: the job runs again at once and resumes here
                 skip += failed.ids  # retried by a later run, not again in this one
                 conflicts = 0
             except batch_jobs.CONFLICTS as error:  # e.g. another worker invoicing the same new customer
@@ -269,11 +275,13 @@ class BillingCycle:
             moves.invalidate_recordset(["x_fc_delivery_state"])
             if not moves:
                 return True
-            if not batch_jobs.commit_batch(self.env, 0):
-                return False
+            batch_jobs.commit(self.env)  # claimed (charging): no row stays locked during the card call
             for move in moves:
                 self._deliver(move.sudo())
-                batch_jobs.commit_batch(self.env, 1)
+                batch_jobs.commit(self.env)
+            # Out of time only once the claimed batch is delivered: none is left "charging" unsent.
+            if not batch_jobs.commit_batch(self.env, len(moves)):
+                return False
 
     def _deliver(self, move):
         order = move.invoice_line_ids.sale_line_ids.order_id[:1]

@@ -14,3 +14,4 @@ from . import test_api_robustness
 from . import test_api_technical_user
 from . import test_api_concurrency
 from . import test_usage_deltas
+from . import test_scheduled_jobs

@@ -1,0 +1,125 @@
+"""Our jobs under Odoo's real scheduler (``ir.cron._process_job``): a run gets a short time budget
+(``MIN_TIME_PER_JOB``) after which ``_commit_progress`` answers "no time left". A job that stops
+then must say that work remains, so Odoo runs it again at once instead of at its next interval;
+and our hook inside Odoo's own recurring job must never make that job skip its invoicing.
+
+Everything is committed in real sessions (as workers see it) and removed afterwards; the time
+budget is cut to zero so that the limit is reached after the first batch.
+"""
+import uuid
+from datetime import date
+from functools import partial
+from unittest.mock import patch
+
+from odoo import Command
+from odoo.addons.base.models import ir_cron
+from odoo.tests import TransactionCase, tagged
+
+from ..core import periods
+from ..services import billing_cycle
+from .common import real_cursor, real_session
+
+
+@tagged("post_install", "-at_install")
+class TestJobsUnderTheScheduler(TransactionCase):
+
+    SUBSCRIPTIONS = 14
+
+    def setUp(self):
+        super().setUp()
+        today = date.today()
+        self.start = periods.add_period(today, "month", 1, -1)
+        with real_session(self.env) as env:
+            service = env["fusion.billing.service"].create({"name": "Jobs", "code": f"jobs_{uuid.uuid4().hex[:8]}"})
+            metric = env["fusion.billing.metric"].create({
+                "service_id": service.id, "code": "calls", "name": "Calls", "aggregation": "count"})
+            product = env["product.product"].create({"name": "Jobs plan", "type": "service", "recurring_invoice": True})
+            plan = env["sale.subscription.plan"].create({
+                "name": "Jobs", "x_fc_service_id": service.id, "x_fc_plan_code": "jobs",
+                "x_fc_amount": 10, "x_fc_product_id": product.id})
+            env["fusion.billing.charge"].create({"service_id": service.id, "plan_id": plan.id, "metric_id": metric.id,
+                                                 "charge_model": "standard", "properties": {"amount": "1"}})
+            partner = env["res.partner"].create({"name": "Jobs client"})
+            orders = env["sale.order"].create([{
+                "partner_id": partner.id, "plan_id": plan.id, "x_fc_service_id": service.id,
+                "x_fc_external_id": f"jobs-{n}", "pricelist_id": service._fc_pricelist().id,
+                "start_date": self.start, "order_line": [Command.create(plan._fc_base_fee_line_values())],
+            } for n in range(self.SUBSCRIPTIONS)])
+            self.ids = {"service": service.id, "orders": orders.ids, "partner": partner.id, "crons": [],
+                        "catalog": [("sale.subscription.plan", plan.id), ("product.product", product.id)],
+                        "metric": metric.id}
+        self.addCleanup(self._remove_committed)
+
+    def _remove_committed(self):
+        with real_session(self.env) as env:
+            cr, orders = env.cr, tuple(self.ids["orders"])
+            cr.execute("DELETE FROM ir_cron WHERE id = ANY(%s)", [self.ids["crons"]])
+            cr.execute("SELECT DISTINCT move_id FROM account_move_line WHERE id IN ("
+                       "SELECT invoice_line_id FROM sale_order_line_invoice_rel rel JOIN sale_order_line line "
+                       "ON line.id = rel.order_line_id WHERE line.order_id IN %s)", [orders])
+            moves = env["account.move"].browse([row[0] for row in cr.fetchall()])
+            moves.filtered(lambda m: m.state == "posted").button_draft()
+            moves.with_context(force_delete=True).unlink()
+            cr.execute("DELETE FROM fusion_billing_usage_delta WHERE subscription_id IN %s", [orders])
+            cr.execute("DELETE FROM fusion_billing_usage WHERE subscription_id IN %s", [orders])
+            for table in ("fusion_billing_event", "fusion_billing_webhook", "fusion_billing_charge"):
+                cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [self.ids["service"]])  # noqa: S608
+            cr.execute("DELETE FROM sale_order WHERE id IN %s", [orders])
+            for model, record_id in self.ids["catalog"]:
+                env[model].browse(record_id).unlink()
+            env["fusion.billing.metric"].browse(self.ids["metric"]).unlink()
+            env["fusion.billing.service"].browse(self.ids["service"]).active = False
+
+    def _cron(self, env, code):
+        cron = env["ir.cron"].create({
+            "name": f"test {code}", "model_id": env["ir.model"]._get_id("sale.order"), "state": "code",
+            "code": code, "interval_number": 1, "interval_type": "hours", "user_id": env.ref("base.user_root").id})
+        self.ids["crons"].append(cron.id)
+        return cron.id
+
+    def run_under_scheduler(self, code):
+        """Run ``code`` as a scheduled job, the way Odoo's cron worker does, with no time to spare."""
+        registry = self.registry
+        with real_session(self.env) as env:
+            cron_id = self._cron(env, code)
+        with patch.object(registry, "cursor", partial(real_cursor, registry)), \
+                patch.object(ir_cron, "MIN_TIME_PER_JOB", 0):
+            cron_cr = real_cursor(registry)
+            try:
+                IrCron = type(self.env["ir.cron"])  # the registry's class (it knows its pool)
+                job = IrCron._acquire_one_job(cron_cr, cron_id, include_not_ready=True)
+                IrCron._process_job(cron_cr, job)
+                cron_cr.commit()
+            finally:
+                cron_cr.close()
+        with real_session(self.env) as env:
+            env.cr.execute("SELECT count(*) FROM ir_cron_trigger WHERE cron_id = %s", [cron_id])
+            asap = env.cr.fetchone()[0]
+            env.cr.execute("SELECT count(*) FROM sale_order WHERE id = ANY(%s) AND x_fc_usage_due_date <= %s",
+                           [self.ids["orders"], date.today()])
+            due = env.cr.fetchone()[0]
+        return asap, due
+
+    def test_a_job_out_of_time_runs_again_at_once(self):
+        """Shadow subscriptions closed by our job, one per batch: Odoo runs the job ten times (its
+        minimum), each closing one batch, then schedules it again at once, since work remains."""
+        asap, due = self.run_under_scheduler(
+            "model.with_context(fc_real_transactions=True)._cron_close_usage_periods(batch_size=1)")
+        self.assertEqual(due, self.SUBSCRIPTIONS - ir_cron.MIN_RUNS_PER_JOB, "one batch per run of the job")
+        self.assertTrue(asap, "work remains: the job is called again at once, not an hour later")
+
+    def test_the_recurring_job_invoices_even_when_closing_usage_took_its_time(self):
+        """Live subscriptions due today: Odoo's recurring job (our hook closes their usage first, a
+        small batch at a time here) must still invoice them all in the same run."""
+        with real_session(self.env) as env:
+            env["fusion.billing.service"].browse(self.ids["service"]).billing_mode = "live"
+            orders = env["sale.order"].browse(self.ids["orders"])
+            orders.action_confirm()
+            orders.write({"next_invoice_date": date.today(), "last_invoice_date": self.start})
+        with patch.object(billing_cycle, "BATCH_SIZE", 2):
+            self.run_under_scheduler("model.with_context(fc_real_transactions=True)._cron_recurring_create_invoice()")
+        with real_session(self.env) as env:
+            orders = env["sale.order"].browse(self.ids["orders"])
+            self.assertEqual(orders.mapped("next_invoice_date"), [periods.add_period(date.today(), "month", 1)] *
+                             self.SUBSCRIPTIONS, "every due subscription invoiced")
+            self.assertFalse(orders.filtered(lambda o: o.x_fc_usage_due_date and o.x_fc_usage_due_date <= date.today()))
