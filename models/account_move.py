@@ -1,3 +1,5 @@
+import uuid
+
 from odoo import api, fields, models
 
 from ..core import lago, money
@@ -53,9 +55,28 @@ class AccountMove(models.Model):
     def _post(self, *args, **kwargs):
         posted = super()._post(*args, **kwargs)
         posted.sudo()._fc_mark_billed()  # code-driven: an accountant posting needs no usage rights
-        for move in posted.filtered(lambda m: m.x_fc_service_id and m.is_sale_document()):
-            self.env["fusion.billing.webhook"]._enqueue(move.x_fc_service_id, "invoice.created", move)
+        app_invoices = posted.filtered(lambda m: m.x_fc_service_id and m.is_sale_document())
+        if app_invoices:
+            # The payload links the PDF with the invoice's portal token: set all missing tokens at once.
+            app_invoices.sudo()._fc_ensure_access_tokens()
+            self.env["fusion.billing.webhook"]._enqueue_many(
+                [(move.x_fc_service_id, "invoice.created", move, None) for move in app_invoices])
         return posted
+
+    def _fc_ensure_access_tokens(self):
+        """``portal.mixin._portal_ensure_token`` for many invoices in one statement. The mixin
+        writes each token with ``write``, which on an invoice re-synchronises its dynamic lines
+        (tax, payment term) once per invoice; the token drives nothing else (nothing depends on it)."""
+        missing = self.filtered(lambda move: not move.access_token)
+        if not missing:
+            return
+        missing.flush_recordset(["access_token"])
+        rows = [(move.id, str(uuid.uuid4())) for move in missing]
+        self.env.cr.execute(f"""
+            UPDATE account_move move SET access_token = v.token
+              FROM (VALUES {", ".join(["(%s, %s)"] * len(rows))}) AS v(id, token)
+             WHERE move.id = v.id AND move.access_token IS NULL""", [value for row in rows for value in row])
+        missing.invalidate_recordset(["access_token"])
 
     def _invoice_paid_hook(self, *args, **kwargs):
         """Odoo's hook for invoices becoming paid (or in payment): tell the app."""

@@ -67,21 +67,32 @@ class FusionBillingWebhook(models.Model):
         A side effect of a change the caller was allowed to make (an accountant posting an
         invoice, a salesperson's subscription, an API call): the row is built and written by
         code, as superuser, whoever the caller is."""
-        service = service.sudo()
-        if not service or not service._fc_wants_webhook(webhook_type):
+        return self._enqueue_many([(service, webhook_type, record, obj)])
+
+    @api.model
+    def _enqueue_many(self, items):
+        """``_enqueue`` of many ``(service, webhook_type, record, obj)`` at once: one ``create`` for
+        all their rows (e.g. the invoices of a batch the recurring run posts)."""
+        values = []
+        for service, webhook_type, record, obj in items:
+            service = service.sudo()
+            if not service or not service._fc_wants_webhook(webhook_type):
+                continue
+            if obj is None:
+                obj = record.sudo()._fc_webhook_object()
+            payload = signing.body_bytes(signing.envelope(webhook_type, service.organization_id, obj))
+            sendable = service.billing_mode == "live" and service.webhook_url
+            values.append({
+                "service_id": service.id,
+                "event_type": webhook_type,
+                "object_type": signing.OBJECT_TYPES[webhook_type],
+                "object_ref": f"{record._name},{record.id}" if record else False,
+                "payload": payload.decode("utf-8"),
+                "state": "pending" if sendable else "shadow",
+            })
+        if not values:
             return self.browse()
-        if obj is None:
-            obj = record.sudo()._fc_webhook_object()
-        payload = signing.body_bytes(signing.envelope(webhook_type, service.organization_id, obj))
-        sendable = service.billing_mode == "live" and service.webhook_url
-        return self.sudo().with_context(mail_create_nolog=True).create({  # a queue row: its state is tracked
-            "service_id": service.id,
-            "event_type": webhook_type,
-            "object_type": signing.OBJECT_TYPES[webhook_type],
-            "object_ref": f"{record._name},{record.id}" if record else False,
-            "payload": payload.decode("utf-8"),
-            "state": "pending" if sendable else "shadow",
-        })
+        return self.sudo().with_context(mail_create_nolog=True).create(values)  # queue rows: their state is tracked
 
     # ------------------------------------------------------------------ delivery
     @api.model

@@ -205,13 +205,16 @@ class BillingCycle:
         line per charge, reused period after period, pending until an invoice carrying it posts."""
         if not billable:
             return
-        # Analytic defaults are looked up once per batch (context fc_distribution_memo), not per line.
+        # Analytic defaults are looked up once per batch (context fc_distribution_memo), not per line:
+        # when the lines are created, and when the orders' totals read them.
+        memo = self.env.context.get("fc_distribution_memo", {})
         line_model = self.env["sale.order.line"].with_context(
-            tracking_disable=True, sale_no_log_for_new_lines=True, fc_distribution_memo={})
+            tracking_disable=True, sale_no_log_for_new_lines=True, fc_distribution_memo=memo)
         carriers = {order: order._fc_usage_carrier() for order in {row[0] for row in billable}}
+        products = {charge: charge._fc_product() for charge in {row[1] for row in billable}}
         taken, creates, writes, usage_of = set(), [], [], {}
         for order, charge, usage_id, rating, (start, end) in billable:
-            carrier, product = carriers[order], charge._fc_product()
+            carrier, product = carriers[order], products[charge]
             values = {"name": charge._fc_invoice_label(rating, start, order._fc_last_day(end)),
                       "price_unit": float(rating.amount), "x_fc_usage_id": usage_id, "x_fc_pending": True}
             line = next((line for line in carrier.order_line
@@ -232,7 +235,8 @@ class BillingCycle:
             dict.fromkeys(usage_of), state="closed", sale_lines={usage_id: line.id for usage_id, line in usage_of.items()})
         # The lines and their invoices record the close: the orders' totals are recomputed without
         # logging a tracked total change on every subscription each period.
-        orders = self.orders.browse({carrier.id for carrier in carriers.values()}).with_context(tracking_disable=True)
+        orders = self.orders.browse({carrier.id for carrier in carriers.values()}).with_context(
+            tracking_disable=True, fc_distribution_memo=memo)
         orders._recompute_recordset(orders._fc_tracked_computed_fields())
 
     # ------------------------------------------------------------------ final periods
