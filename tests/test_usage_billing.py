@@ -1,3 +1,4 @@
+import json
 from datetime import date
 
 from freezegun import freeze_time
@@ -90,6 +91,47 @@ class TestUsageBilling(UsageBillingCase):
         self.assertEqual(order.order_line.filtered("x_fc_line_kind").mapped("price_subtotal"), [7.5, 6.0])
         self.assertFalse((order.message_ids - messages).tracking_value_ids,
                          "usage lines and invoices record the close, not a tracked total on every subscription")
+
+    def test_invoices_posted_together_each_link_their_pdf_with_their_own_portal_token(self):
+        orders = self.subscribe("sub_a", "cus_a") | self.subscribe("sub_b", "cus_b")
+        self.recurring("2025-01-01 03:00:00")
+        self.push_january("sub_a")
+        self.push_january("sub_b", prefix="b-")
+        self.recurring("2025-02-01 06:00:00")  # one run posts both invoices at once
+        invoices = orders.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 2, 1))
+        self.assertEqual(len(invoices), 2)
+        tokens = invoices.mapped("access_token")
+        self.assertTrue(all(tokens) and len(set(tokens)) == 2, "each invoice its own token")
+        webhooks = self.env["fusion.billing.webhook"].search([
+            ("event_type", "=", "invoice.created"), ("object_ref", "in", [f"account.move,{i.id}" for i in invoices])])
+        self.assertEqual(len(webhooks), 2, "one invoice.created per invoice")
+        for webhook in webhooks:
+            invoice = self.env["account.move"].browse(int(webhook.object_ref.split(",")[1]))
+            file_url = json.loads(webhook.payload)["invoice"]["file_url"]
+            self.assertIn(f"/my/invoices/{invoice.id}?access_token={invoice.access_token}", file_url)
+            self.assertEqual(invoice._portal_ensure_token(), invoice.access_token, "the portal keeps that token")
+            self.authenticate(None, None)
+            response = self.url_open(f"/my/invoices/{invoice.id}?access_token={invoice.access_token}&report_type=html")
+            self.assertEqual(response.status_code, 200, "the link opens the invoice without a login")
+            self.assertIn(invoice.name, response.text)
+
+    def test_analytic_distribution_models_apply_to_usage_lines_of_the_recurring_run(self):
+        plan = self.env["account.analytic.plan"].create({"name": "Apps"})
+        account = self.env["account.analytic.account"].create({"name": "NexaCloud", "plan_id": plan.id})
+        self.env["account.analytic.distribution.model"].create({
+            "product_id": self.usage_product.id, "analytic_distribution": {str(account.id): 100}})
+        order = self.subscribe()
+        self.recurring("2025-01-01 03:00:00")
+        self.push_january()
+        self.recurring("2025-02-01 06:00:00")
+        usage_lines = order.order_line.filtered("x_fc_line_kind")
+        self.assertEqual(len(usage_lines), 2)
+        self.assertEqual(usage_lines.mapped("analytic_distribution"), [{str(account.id): 100}] * 2)
+        invoice = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 2, 1))
+        billed = invoice.invoice_line_ids.filtered("x_fc_usage_id")
+        self.assertEqual(billed.mapped("analytic_distribution"), [{str(account.id): 100}] * 2)
+        fee = invoice.invoice_line_ids - billed
+        self.assertFalse(fee.analytic_distribution, "the model is for the usage product only")
 
     def test_shadow_mode_records_everything_and_creates_nothing_postable(self):
         self.service.billing_mode = "shadow"
