@@ -28,7 +28,7 @@ SUBSCRIPTION_STATES = [
 # DOC scheduled_actions.rst "Closing invoices": a subscription whose charge keeps failing for
 # more than fourteen days is closed.
 PAYMENT_FAILURE_CLOSE_DAYS = 14
-BATCH_SIZE = 30
+BATCH_SIZE = 100
 
 
 class SaleOrder(models.Model):
@@ -240,7 +240,8 @@ class SaleOrder(models.Model):
                 self.env.cr.rollback()
                 continue
             invoices |= batch
-            seen += orders.ids
+            # Only those still due (e.g. a declined charge) could be claimed again in this run.
+            seen += orders.filtered_domain(self._stand_in_due_domain()).ids
 
     def _stand_in_invoice_values(self):
         """The period's invoice: recurring lines for the period starting on the Date of Next
