@@ -59,9 +59,20 @@ class AccountMove(models.Model):
         if app_invoices:
             # The payload links the PDF with the invoice's portal token: set all missing tokens at once.
             app_invoices.sudo()._fc_ensure_access_tokens()
+            objects = app_invoices.sudo()._fc_webhook_objects()
             self.env["fusion.billing.webhook"]._enqueue_many(
-                [(move.x_fc_service_id, "invoice.created", move, None) for move in app_invoices])
+                [(move.x_fc_service_id, "invoice.created", move, objects[move]) for move in app_invoices])
         return posted
+
+    def _fc_webhook_objects(self):
+        """{invoice: its webhook object} of many invoices, their usage rows and app accounts looked up
+        together rather than once per invoice."""
+        lines = self.invoice_line_ids.filtered(lambda l: l.display_type == "product")
+        usage_of = {usage.invoice_line_id: usage for usage in self.env["fusion.billing.usage"].search(
+            [("invoice_line_id", "in", lines.ids)])}
+        links = self._fc_account_links()
+        return {move: lago.invoice(move._api_values(detailed=True, usage_of=usage_of, link=links[move]))
+                for move in self}
 
     def _fc_ensure_access_tokens(self):
         """``portal.mixin._portal_ensure_token`` for many invoices in one statement. The mixin
@@ -107,11 +118,22 @@ class AccountMove(models.Model):
         """The app account of this invoice: its subscriptions' account, else the contact's only
         account on the service (never a guess between accounts sharing the contact)."""
         self.ensure_one()
-        if self.x_fc_account_link_id:
-            return self.x_fc_account_link_id
-        links = self.env["fusion.billing.account.link"].with_context(active_test=False).search(
-            [("service_id", "=", self.x_fc_service_id.id), ("partner_id", "=", self.partner_id.id)], limit=2)
-        return links if len(links) == 1 else links.browse()
+        return self._fc_account_links()[self]
+
+    def _fc_account_links(self):
+        """``_fc_account_link`` of many invoices ({invoice: account}), one search for them all."""
+        links = {move: move.x_fc_account_link_id for move in self}
+        guess = self.filtered(lambda move: not move.x_fc_account_link_id)
+        if guess:
+            found = {}
+            for link in self.env["fusion.billing.account.link"].with_context(active_test=False).search(
+                    [("service_id", "in", guess.x_fc_service_id.ids), ("partner_id", "in", guess.partner_id.ids)]):
+                found.setdefault((link.service_id, link.partner_id), []).append(link)
+            empty = self.env["fusion.billing.account.link"]
+            for move in guess:
+                candidates = found.get((move.x_fc_service_id, move.partner_id), [])
+                links[move] = candidates[0] if len(candidates) == 1 else empty
+        return links
 
     # ------------------------------------------------------------------ billed once
     def _fc_mark_billed(self):
@@ -163,12 +185,14 @@ class AccountMove(models.Model):
         self.env["ir.actions.report"]._render_qweb_pdf("account.account_invoices", self.ids)
         self.env["fusion.billing.webhook"]._enqueue(self.x_fc_service_id, "invoice.generated", self)
 
-    def _api_values(self, detailed=False):
+    def _api_values(self, detailed=False, usage_of=None, link=None):
+        """Lago invoice values. ``usage_of`` ({invoice line: usage row}) and ``link`` (its app
+        account) may be given when they were looked up for many invoices at once."""
         self.ensure_one()
         currency = self.currency_id
         cents = lambda amount: money.to_minor_units(amount, currency.decimal_places)  # noqa: E731
         sign = -1 if self.move_type == "out_refund" else 1
-        link = self._fc_account_link()
+        link = self._fc_account_link() if link is None else link
         values = {
             "lago_id": str(self.id),
             "billing_entity_code": self.company_id.name,
@@ -209,8 +233,9 @@ class AccountMove(models.Model):
             orders = self.invoice_line_ids.sale_line_ids.order_id.filtered("is_subscription")
             values["subscriptions"] = [order._api_values() for order in orders]
             lines = self.invoice_line_ids.filtered(lambda l: l.display_type == "product")
-            usage_of = {usage.invoice_line_id: usage for usage in self.env["fusion.billing.usage"].search(
-                [("invoice_line_id", "in", lines.ids)])}
+            if usage_of is None:
+                usage_of = {usage.invoice_line_id: usage for usage in self.env["fusion.billing.usage"].search(
+                    [("invoice_line_id", "in", lines.ids)])}
             values["fees"] = [line._api_fee_values(usage_of.get(line)) for line in lines]
         return values
 
