@@ -237,6 +237,9 @@ class BillingCycle:
         # logging a tracked total change on every subscription each period.
         orders = self.orders.browse({carrier.id for carrier in carriers.values()}).with_context(
             tracking_disable=True, fc_distribution_memo=memo)
+        # Odoo's totals compute reads each order's lines apart (through filtered(), which keeps no
+        # prefetch): their taxes are fetched here for the whole batch in one query, not one per order.
+        orders.order_line.fetch(["tax_ids"])
         orders._recompute_recordset(orders._fc_tracked_computed_fields())
 
     # ------------------------------------------------------------------ final periods

@@ -267,6 +267,9 @@ class SaleOrder(models.Model):
 
     def _stand_in_invoice_period(self):
         invoices = self.env["account.move"]
+        # Stand-in detail: what sale's _prepare_invoice_line reads of every line, fetched for the
+        # batch at once (each order's lines are read apart, without prefetch across orders).
+        self.order_line.fetch(["tax_ids", "invoice_lines"])
         todo = [(order, order._stand_in_invoice_values()) for order in self]
         free = self.browse([order.id for order, values in todo if values is None])
         billed = [(order, values) for order, values in todo if values is not None]
