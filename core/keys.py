@@ -12,10 +12,13 @@ every API call.
 """
 import hashlib
 import hmac
+import re
 import secrets
 
 KEY_SCHEME = "fcb"
 PREFIX_LENGTH = 8
+# The whole key in its alphabet: anything else (a NUL, a surrogate, a space) never reaches a lookup.
+KEY_SHAPE = re.compile(rf"{KEY_SCHEME}_([0-9a-f]{{{PREFIX_LENGTH}}})_[A-Za-z0-9_-]+")
 
 
 class MalformedKey(ValueError):
@@ -35,13 +38,14 @@ def hash_key(plaintext):
 
 
 def split_key(plaintext):
-    """Return the lookup prefix of ``plaintext`` or raise :class:`MalformedKey`."""
+    """Return the lookup prefix of ``plaintext`` or raise :class:`MalformedKey`: only
+    ``fcb_<8 lowercase hex>_<url-safe base64>`` is a key."""
     if not isinstance(plaintext, str):
         raise MalformedKey("key must be a string")
-    parts = plaintext.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_SCHEME or len(parts[1]) != PREFIX_LENGTH or not parts[2]:
+    shape = KEY_SHAPE.fullmatch(plaintext)
+    if not shape:
         raise MalformedKey("not a Fusion Billing key")
-    return parts[1]
+    return shape.group(1)
 
 
 def verify_key(plaintext, key_hash):

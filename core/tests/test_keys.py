@@ -37,7 +37,11 @@ def test_verify_rejects_missing_hash():
     assert not keys.verify_key(plaintext, "")
 
 
-@pytest.mark.parametrize("token", [None, 42, "", "abc", "fcb_short_x", "xyz_12345678_secret", "fcb_12345678_"])
+@pytest.mark.parametrize("token", [None, 42, "", "abc", "fcb_short_x", "xyz_12345678_secret", "fcb_12345678_",
+                                   # only the key alphabet (a NUL reached the prefix lookup: a 500)
+                                   "fcb_1234567\x00_secret", "fcb_123\ud8005678_secret", "fcb_ABCDEF12_secret",
+                                   "fcb_1234567g_secret", "fcb_12345678_sec\x00ret", "fcb_12345678_s\u00e9cret",
+                                   "fcb_12345678_sec ret"])
 def test_split_key_rejects_malformed(token):
     with pytest.raises(keys.MalformedKey):
         keys.split_key(token)
