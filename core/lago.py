@@ -171,45 +171,40 @@ def _json_float(text):
 def _tree_problems(payload):
     """Lago ``error_details`` of every bound a parsed body breaks (iterative: any depth is safe).
 
-    A fast pass over the containers first (the common, clean case); paths are only built when
-    something is wrong."""
-    if not _tree_suspect(payload):
-        return {}
+    One walk checks every key (whatever its value: a scalar, an object or a list) and every value;
+    a container carries a link to its parent rather than its path, which is only spelt out for a
+    problem (the common, clean body builds none)."""
     details = {}
-    stack = [(payload, 1, ())]
+    stack = [(payload, 1, None)]
     while stack:
-        value, depth, path = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth > MAX_DEPTH:
-                _add_problem(details, path, "too_deep")
-                continue
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in items:
-                if isinstance(key, str) and FORBIDDEN_TEXT.search(key):
-                    _add_problem(details, path + (key,), "value_is_invalid")
-                else:
-                    stack.append((item, depth + 1, path + (key,)))
-        elif value is _OUT_OF_RANGE:
-            _add_problem(details, path, "value_is_out_of_range")
-        elif isinstance(value, str) and FORBIDDEN_TEXT.search(value):
-            _add_problem(details, path, "value_is_invalid")
+        value, depth, parent = stack.pop()
+        if depth > MAX_DEPTH:
+            _add_problem(details, _path(parent), "too_deep")
+            continue
+        if isinstance(value, dict):
+            items = value.items()
+            bad_keys = FORBIDDEN_TEXT.search("".join(value)) is not None  # one search for all the keys
+        else:
+            items, bad_keys = enumerate(value), False
+        for key, item in items:
+            if bad_keys and FORBIDDEN_TEXT.search(key):
+                _add_problem(details, _path((key, parent)), "value_is_invalid")
+            elif isinstance(item, (dict, list)):
+                stack.append((item, depth + 1, (key, parent)))
+            elif item is _OUT_OF_RANGE:
+                _add_problem(details, _path((key, parent)), "value_is_out_of_range")
+            elif isinstance(item, str) and FORBIDDEN_TEXT.search(item):
+                _add_problem(details, _path((key, parent)), "value_is_invalid")
     return details
 
 
-def _tree_suspect(payload):
-    """Whether a parsed body may break a bound: too deep, a number out of range, a bad string."""
-    stack = [(payload, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return True
-        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
-            if isinstance(item, (dict, list)):
-                stack.append((item, depth + 1))
-            elif item is _OUT_OF_RANGE or (isinstance(item, str) and FORBIDDEN_TEXT.search(item)) \
-                    or (isinstance(key, str) and FORBIDDEN_TEXT.search(key)):
-                return True
-    return False
+def _path(link):
+    """The keys from the root to a value, from its ``(key, parent link)`` chain (``None``: the root)."""
+    keys = []
+    while link is not None:
+        key, link = link
+        keys.append(key)
+    return tuple(reversed(keys))
 
 
 def _add_problem(details, path, code):

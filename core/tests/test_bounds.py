@@ -57,6 +57,11 @@ def test_huge_literals_cost_nothing():
     (b'{"event": {"properties": {"k\\u0000": 1}}}', {"properties": ["value_is_invalid"]}),
     (b'{"event": {"\\ud800": 1}}', {"\\ud800": ["value_is_invalid"]}),
     (b'{"customer": {"name": "\\udfff"}}', {"name": ["value_is_invalid"]}),
+    # a bad key whose value is an object or a list (finding 4: these keys were not checked)
+    (b'{"event": {"properties": {"a\\u0000b": {"x": 1}}}}', {"properties": ["value_is_invalid"]}),
+    (b'{"event": {"properties": {"\\ud800": [1, 2]}}}', {"properties": ["value_is_invalid"]}),
+    (b'{"events": [{"a": 1}, {"properties": {"k": {"\\udc00": {}}}}]}', {"1": {"properties": ["value_is_invalid"]}}),
+    (b'{"\\u0000": {"a": 1}}', {"\\x00": ["value_is_invalid"]}),
     (b'{"app_bills": [{"base_fee_cents": ' + b"1" * 401 + b'}]}', {"0": {"base_fee_cents": ["value_is_out_of_range"]}}),
 ])
 def test_parse_json_reports_each_bound_by_field(raw, details):
