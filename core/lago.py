@@ -10,6 +10,7 @@ import math
 import re
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from . import errors, money
 from .money import to_decimal
@@ -388,6 +389,9 @@ def validate_customer(obj, timezones=None):
     check.string("currency", pattern=ISO_CURRENCY, transform=str.upper)
     check.string("country", pattern=ISO_COUNTRY, transform=str.upper)
     check.string("customer_type", choices=("company", "individual"))
+    if check.clean.get("url") and not is_website(check.clean["url"]):
+        del check.clean["url"]
+        check.fail("url", "value_is_invalid")
     if timezones is not None and check.clean.get("timezone") and check.clean["timezone"] not in timezones:
         del check.clean["timezone"]
         check.fail("timezone", "value_is_invalid")
@@ -397,6 +401,18 @@ def validate_customer(obj, timezones=None):
     check.passthrough("shipping_address", dict)
     check.passthrough("tax_codes", list)
     return check.result()
+
+
+def is_website(value):
+    """Whether ``value`` parses as a URL the way Odoo stores a partner's website
+    (``res.partner._clean_website``: a value without a scheme is taken as a host, e.g.
+    ``www.maple.example``): an unbalanced ``[`` or ``]`` in the host is not one (Odoo raises)."""
+    candidate = value if "://" in value or value.startswith("//") else f"//{value}"
+    try:
+        urlsplit(candidate)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_subscription_create(obj):

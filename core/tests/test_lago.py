@@ -64,9 +64,18 @@ def test_validate_customer_keeps_present_keys_only():
     ({"external_id": "a", "net_payment_term": True}, {"net_payment_term": ["value_is_invalid"]}),
     ({"external_id": "a", "metadata": "x"}, {"metadata": ["value_is_invalid"]}),
     ({"external_id": "x" * 300}, {"external_id": ["value_is_invalid"]}),
+    # a website Odoo cannot parse (res.partner._clean_website raised: a 500)
+    ({"external_id": "a", "url": "http://["}, {"url": ["value_is_invalid"]}),
+    ({"external_id": "a", "url": "https://[::1/x"}, {"url": ["value_is_invalid"]}),
+    ({"external_id": "a", "url": "shop]example.com"}, {"url": ["value_is_invalid"]}),
 ])
 def test_validate_customer_errors(payload, details):
     assert error_of(lago.validate_customer, payload) == (422, lago.validation(details).body)
+
+
+def test_validate_customer_keeps_ordinary_websites():
+    for url in ("https://maple.example/shop?x=[1]", "www.maple.example", "http://[2001:db8::1]:8080/", "maple.example"):
+        assert lago.validate_customer({"external_id": "a", "url": url})["url"] == url
 
 
 def test_validate_subscription():
