@@ -143,6 +143,13 @@ class TestApiHostileInput(EventsFixture):
             ("POST", "customers", {"customer": {"external_id": "c2", "timezone": "Mars/Olympus_Mons"}}, None, 422),
             ("POST", "customers", {"customer": {"external_id": "c3", "net_payment_term": 10**30}}, None, 422),
             ("POST", "customers", {"customer": {"external_id": "c4", "email": "x" * 5000}}, None, 422),
+            ("POST", "customers", {"customer": {"external_id": "c5", "url": "http://["}}, None, 422),
+            ("POST", "customers", {"customer": {"external_id": "c6", "url": "shop]maple.example"}}, None, 422),
+            # a bad key whose value is an object or a list
+            ("POST", "events", {"event": event("h10", properties={"gb": 1, "a\u0000b": {"x": 1}})}, None, 422),
+            ("POST", "events", {"event": event("h11", properties={"gb": 1, "\ud800": [1]})}, None, 422),
+            ("POST", "customers", {"customer": {"external_id": "c7", "billing_configuration": {"k\u0000": {}}}},
+             None, 422),
             # dates
             ("POST", "subscriptions", {"subscription": dict(subscription, subscription_at="9999-12-31T00:00:00Z")},
              None, 422),
@@ -201,6 +208,15 @@ class TestApiHostileInput(EventsFixture):
         self.assertFalse(problems, "\n".join(problems))
         self.assertFalse(self.env["fusion.billing.event"].search([("transaction_id", "=like", "h%")]),
                          "nothing half-written")
+
+    @mute_logger("odoo.http", "odoo.sql_db", "odoo.addons.fusion_centralize_billing.controllers.api")
+    def test_a_malformed_bearer_key_is_a_401(self):
+        prefix = self.plaintext.split("_")[1]
+        for token in (f"fcb_{prefix[:7]}\x00_x", f"fcb_{prefix}_x\x00y", f"fcb_{prefix[:7]}\u00e9_x", "fcb_1234567\x00_x"):
+            response = self.url_open(f"{self.API}/customers", headers={"Authorization": f"Bearer {token}"})
+            self.assertEqual((response.status_code, response.json()), (401, {"status": 401, "error": "Unauthorized"}),
+                             repr(token))
+        self.assertEqual(self.url_open(f"{self.API}/customers", headers=self.auth).status_code, 200)
 
     def test_the_bounds_are_in_the_openapi_document(self):
         document = self.url_open(f"{self.API}/openapi.json").json()
