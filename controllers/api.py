@@ -245,7 +245,7 @@ class BillingApi(http.Controller):
         page, per_page = lago.parse_pagination(query.to_dict(flat=False))
         periods = subscription._fc_past_usage_values(
             metric_code=query.get("billable_metric_code"),
-            periods_count=lago.parse_positive_int(query.get("periods_count"), "periods_count"))
+            periods_count=lago.parse_int_param(query.get("periods_count"), "periods_count"))
         chunk = periods[(page - 1) * per_page: page * per_page]
         return {"usage_periods": [lago.usage_period(p) for p in chunk],
                 "meta": lago.meta(page, per_page, len(periods))}

@@ -584,12 +584,6 @@ def validate_app_bills(payload):
 
 
 # ---------------------------------------------------------------------------- pagination
-def parse_positive_int(value, key):
-    """An optional positive integer query parameter (``None`` when absent); junk → 422
-    (ASCII digits within ``MAX_PAGE``: see ``parse_int_param``)."""
-    return parse_int_param(value, key)
-
-
 def invoice_filters(query):
     """Invoice list filters of a query string (a multidict) → plain keyword values for the model:
     Lago status and payment status names, issuing dates."""

@@ -236,8 +236,8 @@ def test_query_strings_become_plain_values_for_the_models():
     with pytest.raises(lago.LagoError) as bad_date:
         lago.invoice_filters(_Query({"issuing_date_to": ["02/2025"]}))
     assert bad_date.value.body["error_details"] == {"issuing_date_to": ["invalid_date"]}
-    assert lago.parse_positive_int(None, "periods_count") is None
-    assert lago.parse_positive_int(" 3 ", "periods_count") == 3
+    assert lago.parse_int_param(None, "periods_count") is None
+    assert lago.parse_int_param(" 3 ", "periods_count") == 3
     for junk in ("0", "-1", "two", "1.5"):
         with pytest.raises(lago.LagoError):
-            lago.parse_positive_int(junk, "periods_count")
+            lago.parse_int_param(junk, "periods_count")
