@@ -111,7 +111,7 @@ class BillingApi(http.Controller):
 
     @http.route([f"{prefix}/<path:subpath>" for prefix in PREFIXES] + list(PREFIXES),
                 type="http", auth="none", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                csrf=False, save_session=False, readonly=False)
+                csrf=False, save_session=False, readonly=False, max_content_length=MAX_BODY_BYTES)
     def dispatch(self, subpath="", **_query):
         handler = None
         try:
@@ -166,16 +166,23 @@ class BillingApi(http.Controller):
 
     def _raw_body(self):
         """The body, read once (at most ``MAX_BODY_BYTES``) and kept on the request: a request Odoo
-        replays after a conflict must see the bytes that were sent, not an emptied stream."""
+        replays after a conflict must see the bytes that were sent, not an emptied stream.
+
+        Never read further than the limit, whatever the client declares: a chunked body has no
+        Content-Length, and werkzeug before 2.3 (Odoo 19 pins 2.0.2/2.2.2 below Python 3.12)
+        applies no ``max_content_length`` to it; 3.x does (the route sets it, so there every
+        reader, Odoo's form parsing included, stops at the limit)."""
         raw = getattr(request, "_fc_raw_body", None)
         if raw is None:
             length = request.httprequest.content_length
             if length and length > MAX_BODY_BYTES:
                 raise lago.payload_too_large()
             try:
-                raw = request.httprequest.get_data(cache=True)
+                raw = _read_at_most(request.httprequest._HTTPRequest__wrapped.stream, MAX_BODY_BYTES + 1)
             except RequestEntityTooLarge:
                 raise lago.payload_too_large() from None
+            if len(raw) > MAX_BODY_BYTES:
+                raise lago.payload_too_large()
             request._fc_raw_body = raw
         return raw
 
@@ -395,6 +402,18 @@ class BillingApi(http.Controller):
         return {"app_bills": {"received": count}}
 
 
+def _read_at_most(stream, limit):
+    """Up to ``limit`` bytes of ``stream`` (a read may return less than asked: loop)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = stream.read(min(64 * 1024, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def json_response(body, status=200, headers=()):
     return request.make_response(lago.dumps(body), headers=[("Content-Type", "application/json"), *headers],
                                  status=status)
@@ -411,6 +430,9 @@ def error_response(exception):
     envelope, never Odoo's HTML page."""
     if isinstance(exception, LagoResponse):
         return exception
+    if isinstance(exception, RequestEntityTooLarge):  # the route's max_content_length, before the handler
+        error = lago.payload_too_large()
+        return json_response(error.body, error.status)
     if _is_conflict(exception):
         exception.loglevel = logging.WARNING  # expected under load; Odoo logged every replay already
         error = lago.retry_later()

@@ -7,17 +7,21 @@ query parameters, a table of cases; never a 500, every error a Lago envelope, ea
 within one second (a guard against hangs, not a timing test).
 """
 import json
+import socket
+import threading
 import time
 from types import SimpleNamespace
 from unittest.mock import patch
 
 from psycopg2.errorcodes import SERIALIZATION_FAILURE
 from psycopg2.errors import SerializationFailure
+from werkzeug.serving import DechunkedInput
 
 from odoo.service import model as service_model
 from odoo.tests import tagged
 from odoo.tools import mute_logger
 
+from ..core import lago
 from .common import FusionBillingApiCase
 
 T0 = 1_795_000_000  # 2026-11-18T11:06:40Z
@@ -217,6 +221,49 @@ class TestApiHostileInput(EventsFixture):
             self.assertEqual((response.status_code, response.json()), (401, {"status": 401, "error": "Unauthorized"}),
                              repr(token))
         self.assertEqual(self.url_open(f"{self.API}/customers", headers=self.auth).status_code, 200)
+
+    @mute_logger("odoo.http", "odoo.addons.fusion_centralize_billing.controllers.api")
+    def test_a_chunked_body_is_read_no_further_than_the_limit(self):
+        """Transfer-Encoding: chunked, no Content-Length: the server stops reading past 1 MiB and
+        answers 413 (it used to buffer the whole body, up to Odoo's 128 MiB or beyond, first)."""
+        decoded = []
+        original = DechunkedInput.readinto
+
+        def counting(stream, buffer):
+            count = original(stream, buffer)
+            decoded.append(count)
+            return count
+
+        chunk, chunks = b" " * 65536, 64  # 4 MiB of JSON whitespace
+        host, port = self.base_url().removeprefix("http://").split(":")
+        head = (f"POST {self.API}/events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {self.plaintext}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+
+        def send(connection):
+            try:
+                connection.sendall(head + b"1\r\n{\r\n")
+                for _ in range(chunks):
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                connection.sendall(b"1\r\n}\r\n0\r\n\r\n")
+            except OSError:
+                pass  # the server answered and stopped reading: what it should do
+
+        answer = b""
+        with patch.object(DechunkedInput, "readinto", counting), self.outside_client(), \
+                socket.create_connection((host, int(port)), timeout=30) as connection:
+            sender = threading.Thread(target=send, args=(connection,))
+            sender.start()
+            try:
+                while data := connection.recv(65536):
+                    answer += data
+            except OSError:
+                pass
+            sender.join(30)
+        status_line, _, rest = answer.partition(b"\r\n")
+        self.assertIn(b" 413 ", status_line, answer[:300])
+        self.assertEqual(json.loads(rest.partition(b"\r\n\r\n")[2])["code"], "payload_too_large")
+        self.assertLessEqual(sum(decoded), lago.MAX_BODY_BYTES + len(chunk),
+                             "the server read no further than the limit (and one chunk of the stream)")
 
     def test_the_bounds_are_in_the_openapi_document(self):
         document = self.url_open(f"{self.API}/openapi.json").json()
