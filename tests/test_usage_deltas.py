@@ -3,7 +3,10 @@
 Real database sessions (committed, as Odoo workers have), interleaved on purpose: the ingest of
 an event commits while the period close is running, after the close's snapshot.
 """
+import json
+import threading
 import uuid
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from functools import partial
 from unittest.mock import patch
@@ -12,12 +15,12 @@ from odoo import Command
 from odoo.tests import TransactionCase, tagged
 
 from ..core import lago, periods
-from .common import FusionBillingCase, real_cursor, real_session
+from .common import FusionBillingCase, real_cursor, real_session, run_as_workers
 
 
-@tagged("post_install", "-at_install")
-class TestEventsDuringThePeriodClose(TransactionCase):
-    """Nothing is written in the test's own transaction (the sessions could not see it)."""
+class CommittedSubscription(TransactionCase):
+    """A subscription committed in a real session, as real workers see it; nothing is written in
+    the test's own transaction (the sessions could not see it)."""
 
     def setUp(self):
         super().setUp()
@@ -73,6 +76,10 @@ class TestEventsDuringThePeriodClose(TransactionCase):
         env.cr.execute("SELECT quantity, events_count, state FROM fusion_billing_usage WHERE subscription_id = %s "
                        "AND period_start = %s", [self.ids["order"], self.start])
         return events, env.cr.fetchall()
+
+
+@tagged("post_install", "-at_install")
+class TestEventsDuringThePeriodClose(CommittedSubscription):
 
     def test_an_event_committed_during_the_close_is_billed_or_late_never_lost(self):
         registry = self.registry
@@ -157,3 +164,102 @@ class TestLiveUsageReaders(FusionBillingCase):
         rows = {u.metric_id: (u.quantity, u.events_count) for u in order.x_fc_usage_ids}
         self.assertEqual({kind: rows[m] for kind, m in metrics.items()}, expected, "the fold makes the rows exact")
         self.assertFalse(self.env["fusion.billing.usage.delta"].sudo().search([("subscription_id", "=", order.id)]))
+
+
+@tagged("post_install", "-at_install")
+class TestQuotaUnderConcurrentBatches(CommittedSubscription):
+    """Two batches that cross the included quantity only together, ingested at the same moment by
+    two workers: neither sees the other's uncommitted delta (READ COMMITTED), so neither signals;
+    the fold, where the period's exact total is known, does (still once per period)."""
+
+    def reached(self, env):
+        env.cr.execute("SELECT payload FROM fusion_billing_webhook WHERE service_id = %s AND event_type = %s",
+                       [self.ids["service"], "subscription.usage_threshold_reached"])
+        return [row[0] for row in env.cr.fetchall()]
+
+    def test_the_quota_crossed_by_two_concurrent_batches_is_signalled_once(self):
+        with real_session(self.env) as env:
+            env["fusion.billing.charge"].search([("service_id", "=", self.ids["service"])]).included_quantity = 100
+        Event = type(self.env["fusion.billing.event"])
+        original_roll_up, both_counted = Event._roll_up, threading.Barrier(2, timeout=60)
+
+        def roll_up_then_wait(model, *args, **kwargs):
+            result = original_roll_up(model, *args, **kwargs)
+            both_counted.wait()  # both batches checked the quota; neither has committed yet
+            return result
+
+        batches = iter([("a", 60), ("b", 60)])
+        lock = threading.Lock()
+
+        def ingest(_env):
+            with lock:
+                transaction_id, units = next(batches)
+            self.assertEqual(self.ingest(transaction_id, units), "processed")
+
+        with patch.object(Event, "_roll_up", roll_up_then_wait):
+            errors = run_as_workers(self.env, ingest, workers=2, timeout=120)
+        self.assertEqual(errors, [])
+        with real_session(self.env) as env:
+            self.assertEqual(self.reached(env), [], "each batch alone saw 60 of the 100 included units")
+        with patch.object(self.registry, "cursor", partial(real_cursor, self.registry)):
+            with real_session(self.env) as env:
+                env["fusion.billing.usage"]._cron_fold()  # the fold job, a few minutes later
+            self.ingest("c", 1)  # the period's total is known to be over: no second signal
+            with real_session(self.env) as env:
+                env["fusion.billing.usage"]._cron_fold()
+            with real_session(self.env) as env:
+                reached = self.reached(env)
+        self.assertEqual(len(reached), 1, "signalled once, by the fold")
+        self.assertEqual(json.loads(reached[0])["subscription"]["usage_threshold"]["units"], "120.0")
+
+
+@tagged("post_install", "-at_install")
+class TestIngestHotPath(FusionBillingCase):
+    """A batch appends its deltas in one statement, and recounts only what the quota check reads."""
+
+    @contextmanager
+    def statements(self):
+        seen = []
+        cursor_class = type(self.env.cr)
+        original = cursor_class.execute
+
+        def spy(cursor, query, *args, **kwargs):
+            seen.append(" ".join(str(query).split()))
+            return original(cursor, query, *args, **kwargs)
+
+        with patch.object(cursor_class, "execute", spy):
+            yield seen
+
+    def test_one_delta_statement_per_batch_and_only_checked_metrics_recounted(self):
+        first = date.today().replace(day=1)
+        orders = [self._create_subscription(external_id=f"hot_{n}", start_date=first) for n in range(3)]
+        visitors = self.env["fusion.billing.metric"].create({
+            "service_id": self.service.id, "name": "Visitors", "code": "visitors", "aggregation": "unique_count",
+            "field_name": "visitor"})
+        self.env["fusion.billing.charge"].create({  # charged, no included quantity: no quota to check
+            "service_id": self.service.id, "plan_id": self.plan.id, "metric_id": visitors.id,
+            "charge_model": "standard", "properties": {"amount": "1"}})
+        at = int(datetime.combine(first, datetime.min.time(), tzinfo=timezone.utc).timestamp()) + 3600
+        now = datetime.now(timezone.utc)
+
+        def batch(tag):
+            events = []
+            for n in range(3):
+                events.append({"transaction_id": f"{tag}-bw-{n}", "external_subscription_id": f"hot_{n}",
+                               "code": "bandwidth_gb", "timestamp": at, "properties": {"gb": 10}})
+                events += [{"transaction_id": f"{tag}-v-{n}-{v}", "external_subscription_id": f"hot_{n}",
+                            "code": "visitors", "timestamp": at, "properties": {"visitor": f"{tag}{v % 2}"}}
+                           for v in range(3)]
+            return [lago.validate_event(event, now=now) for event in events]
+
+        self.env["fusion.billing.event"]._ingest(self.service, batch("first"))
+        with self.statements() as seen:
+            self.env["fusion.billing.event"]._ingest(self.service, batch("second"))
+        appends = [query for query in seen if "INSERT INTO fusion_billing_usage_delta" in query]
+        recounts = [query for query in seen if "COUNT(DISTINCT" in query]
+        self.assertEqual(len(appends), 1, "one statement appends the batch's 6 deltas (3 subscriptions, 2 metrics)")
+        self.assertEqual(recounts, [], "the quota check reads bandwidth only: no visitor is recounted")
+        for order in orders:
+            live = self.env["fusion.billing.usage"]._fc_live_totals(order, first)
+            self.assertEqual({metric: (float(units), count) for metric, (units, count) in live.items()},
+                             {self.metric_bandwidth.id: (20.0, 2), visitors.id: (4.0, 6)})
