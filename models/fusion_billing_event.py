@@ -209,8 +209,9 @@ class FusionBillingEvent(models.Model):
 
     @api.model
     def _roll_up(self, rows, targets, metrics_by_id):
-        """Append freshly stored event rows to usage: one delta per subscription, metric and period
-        (``fusion.billing.usage._fc_append_events``); events of a closed period become late."""
+        """Append freshly stored event rows to usage: one delta per subscription, metric and period,
+        the whole batch in one statement (``fusion.billing.usage._fc_append_events``); events of a
+        closed period become late."""
         by_subscription = {target.subscription_id: target for found in targets.values() for target in found}
         groups, bounds = defaultdict(list), {}
         for row in rows:
@@ -219,26 +220,14 @@ class FusionBillingEvent(models.Model):
                 target = by_subscription[row["subscription_id"]]
                 bounds[day] = periods.period_bounds(target.anchor, target.period_unit, target.period_value, day[1])
             groups[(row["subscription_id"], row["metric_id"], *bounds[day])].append(row)
-        included = self._included_quantities({t.plan_id for t in by_subscription.values()}, set(metrics_by_id))
-        usage = self.env["fusion.billing.usage"]
-        for subscription_id, metric_id, start, end in sorted(groups):
-            group = groups[(subscription_id, metric_id, start, end)]
-            state = usage._fc_append_events(subscription_id, metrics_by_id[metric_id], start, end, group,
-                                            included.get((by_subscription[subscription_id].plan_id, metric_id), 0))
+        states = self.env["fusion.billing.usage"]._fc_append_events([
+            (subscription_id, metrics_by_id[metric_id], start, end, groups[(subscription_id, metric_id, start, end)])
+            for subscription_id, metric_id, start, end in sorted(groups)])
+        for (subscription_id, metric_id, start, _end), group in groups.items():
             for row in group:
-                row["state"] = state
+                row["state"] = states[(subscription_id, metric_id, start)]
         if groups:
             self.invalidate_model(["state"])
-
-    @api.model
-    def _included_quantities(self, plan_ids, metric_ids):
-        """{(plan id, metric id): included quantity} of the active charges (quota signal)."""
-        if not plan_ids or not metric_ids:
-            return {}
-        self.env.cr.execute("""
-            SELECT plan_id, metric_id, included_quantity FROM fusion_billing_charge
-             WHERE active AND plan_id IN %s AND metric_id IN %s""", (tuple(plan_ids), tuple(metric_ids)))
-        return {(plan_id, metric_id): included for plan_id, metric_id, included in self.env.cr.fetchall()}
 
     @api.model
     def _api_dict(self, row, account_link_id):

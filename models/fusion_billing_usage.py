@@ -95,78 +95,129 @@ class FusionBillingUsage(models.Model):
 
     # ------------------------------------------------------------------ event rollups
     @api.model
-    def _fc_append_events(self, subscription_id, metric, period_start, period_end, events, included_quantity=0):
-        """Ingest (in its own READ COMMITTED transaction): add freshly stored ``events`` (rows with
-        id, timestamp, properties) of one subscription/metric/period as a delta row, without
-        touching the usage row; signal once when the period reaches ``included_quantity``.
+    def _fc_append_events(self, groups):
+        """Ingest (in its own READ COMMITTED transaction): add freshly stored events as delta rows,
+        one per subscription, metric and period, all in one statement, without touching the usage
+        rows; then signal once per period that reaches its included quantity.
 
-        A period whose row is no longer open (closed or billed) takes no delta: its events are
-        marked late at once. If the period closes while this transaction runs, the delta lands
-        after the close's fold and the next fold marks its events late (see ``_fc_fold``).
-        Returns the events' state (``processed`` or ``late``).
+        ``groups``: [(subscription id, metric, period start, period end, events)], ``events`` rows
+        with id, timestamp, properties. A period whose row is no longer open (closed or billed)
+        takes no delta: its events are marked late at once. If the period closes while this
+        transaction runs, the delta lands after the close's fold and the next fold marks its
+        events late (see ``_fc_fold``). Returns {(subscription id, metric id, period start):
+        ``processed`` or ``late``}.
         """
-        event_ids = [event["id"] for event in events]
-        quantity, last_event_at = self._contribution(metric, events)
+        if not groups:
+            return {}
+        rows, events_of = [], {}
+        for subscription_id, metric, start, end, events in groups:
+            quantity, last_event_at = self._contribution(metric, events)
+            events_of[(subscription_id, metric.id, start)] = (metric, end, [event["id"] for event in events])
+            rows.append((subscription_id, metric.service_id.id, metric.id, start, end, quantity, len(events),
+                         last_event_at, json.dumps([event["id"] for event in events])))
         self.flush_model()
+        cr = self.env.cr
+        cr.execute(f"""
+            WITH appended AS (
+                INSERT INTO fusion_billing_usage_delta (subscription_id, service_id, metric_id, period_start, period_end,
+                                                        quantity, events_count, last_event_at, event_ids)
+                SELECT v.* FROM (VALUES {", ".join(["(%s::int, %s::int, %s::int, %s::date, %s::date, %s::numeric, "
+                                                     "%s::int, %s::timestamp, %s::jsonb)"] * len(rows))})
+                       AS v(subscription_id, service_id, metric_id, period_start, period_end, quantity, events_count,
+                            last_event_at, event_ids)
+                 WHERE NOT EXISTS (SELECT 1 FROM fusion_billing_usage u
+                                    WHERE u.subscription_id = v.subscription_id AND u.metric_id = v.metric_id
+                                      AND u.period_start = v.period_start AND u.state != 'open')
+                RETURNING subscription_id, metric_id, period_start)
+            SELECT a.subscription_id, a.metric_id, a.period_start, COALESCE(u.quota_notified, false)
+              FROM appended a LEFT JOIN fusion_billing_usage u
+                ON u.subscription_id = a.subscription_id AND u.metric_id = a.metric_id
+               AND u.period_start = a.period_start""", [value for row in rows for value in row])
+        appended = {(subscription_id, metric_id, start): notified for subscription_id, metric_id, start, notified in cr.fetchall()}
+        late = [event_id for key, (_metric, _end, event_ids) in events_of.items() if key not in appended
+                for event_id in event_ids]
+        if late:  # their period is closed (or billed)
+            cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(late),))
+        included = self._fc_included_quantities({key[0] for key in appended}, {key[1] for key in appended})
+        checked = sorted(key for key, notified in appended.items() if not notified and included.get(key[:2]))
+        if checked:
+            live = self._fc_live_totals_at(checked)
+            for subscription_id, metric_id, start in checked:
+                units = live.get((subscription_id, start), {}).get(metric_id, (0, 0))[0]
+                if units >= included[subscription_id, metric_id]:
+                    metric, end, _event_ids = events_of[(subscription_id, metric_id, start)]
+                    self._fc_notify_quota(subscription_id, metric, start, end, units)
+        return {key: "processed" if key in appended else "late" for key in events_of}
+
+    @api.model
+    def _fc_included_quantities(self, subscription_ids, metric_ids):
+        """{(subscription id, metric id): included quantity} of the active charges of the
+        subscriptions' plans that include some (the quota signal)."""
+        if not subscription_ids or not metric_ids:
+            return {}
         self.env.cr.execute("""
-            WITH period AS (SELECT state, quota_notified FROM fusion_billing_usage
-                             WHERE subscription_id = %(subscription)s AND metric_id = %(metric)s
-                               AND period_start = %(start)s)
-            INSERT INTO fusion_billing_usage_delta (subscription_id, service_id, metric_id, period_start, period_end,
-                                                    quantity, events_count, last_event_at, event_ids)
-            SELECT %(subscription)s, %(service)s, %(metric)s, %(start)s, %(end)s, %(quantity)s, %(count)s, %(last)s,
-                   %(ids)s
-             WHERE NOT EXISTS (SELECT 1 FROM period WHERE state != 'open')
-            RETURNING (SELECT COALESCE(bool_or(quota_notified), false) FROM period)""", {
-            "subscription": subscription_id, "service": metric.service_id.id, "metric": metric.id,
-            "start": period_start, "end": period_end, "quantity": quantity, "count": len(events),
-            "last": last_event_at, "ids": json.dumps(event_ids)})
-        appended = self.env.cr.fetchone()
-        if not appended:  # the period is closed (or billed)
-            self.env.cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s", (tuple(event_ids),))
-            return "late"
-        if included_quantity and not appended[0]:
-            units, _count = self._fc_live_totals_of(subscription_id, period_start).get(metric.id, (0, 0))
-            if units >= included_quantity:
-                self._fc_notify_quota(subscription_id, metric, period_start, period_end, units)
-        return "processed"
+            SELECT so.id, charge.metric_id, charge.included_quantity
+              FROM sale_order so JOIN fusion_billing_charge charge ON charge.plan_id = so.plan_id
+             WHERE so.id IN %s AND charge.metric_id IN %s AND charge.active AND charge.included_quantity > 0""",
+            (tuple(subscription_ids), tuple(metric_ids)))
+        return {(order_id, metric_id): included for order_id, metric_id, included in self.env.cr.fetchall()}
 
     @api.model
     def _fc_live_totals(self, subscription, period_start):
         """{metric id: (units, events_count)} of a subscription's period as its events stand: the
         usage rows plus the deltas not folded yet. What current usage shows and the close rates
         (the close folds first, so there it is the row itself)."""
-        return self._fc_live_totals_of(subscription.id, period_start)
+        return self._fc_live_totals_at([(subscription.id, None, period_start)]).get((subscription.id, period_start), {})
 
     @api.model
-    def _fc_live_totals_of(self, subscription_id, period_start):
+    def _fc_live_totals_at(self, keys):
+        """Live totals (see ``_fc_live_totals``) of many periods in one query: ``keys``
+        [(subscription id, metric id or None for all its metrics, period start)] →
+        {(subscription id, period start): {metric id: (units, events_count)}}. A unique-count
+        metric with deltas is counted again over its events, only for the metrics asked."""
+        if not keys:
+            return {}
         self.flush_model()
-        self.env.cr.execute("""
-            SELECT 0, u.id, u.metric_id, u.quantity, u.events_count, u.last_event_at, u.state, u.source,
-                   m.aggregation, u.period_end
-              FROM fusion_billing_usage u JOIN fusion_billing_metric m ON m.id = u.metric_id
-             WHERE u.subscription_id = %(subscription)s AND u.period_start = %(start)s
+        values = [value for key in keys for value in key]
+        rows_of = ", ".join(["(%s::int, %s::int, %s::date)"] * len(keys))
+        self.env.cr.execute(f"""
+            WITH k(subscription_id, metric_id, period_start) AS (VALUES {rows_of})
+            SELECT 0, u.subscription_id, u.period_start, u.id, u.metric_id, u.quantity, u.events_count,
+                   u.last_event_at, u.state, u.source, m.aggregation, u.period_end
+              FROM k JOIN fusion_billing_usage u
+                ON u.subscription_id = k.subscription_id AND u.period_start = k.period_start
+               AND u.metric_id = COALESCE(k.metric_id, u.metric_id)
+              JOIN fusion_billing_metric m ON m.id = u.metric_id
              UNION ALL
-            SELECT 1, d.id, d.metric_id, d.quantity, d.events_count, d.last_event_at, NULL, NULL,
-                   m.aggregation, d.period_end
-              FROM fusion_billing_usage_delta d JOIN fusion_billing_metric m ON m.id = d.metric_id
-             WHERE d.subscription_id = %(subscription)s AND d.period_start = %(start)s
-          ORDER BY 1, 2""", {"subscription": subscription_id, "start": period_start})
+            SELECT 1, d.subscription_id, d.period_start, d.id, d.metric_id, d.quantity, d.events_count,
+                   d.last_event_at, NULL, NULL, m.aggregation, d.period_end
+              FROM k JOIN fusion_billing_usage_delta d
+                ON d.subscription_id = k.subscription_id AND d.period_start = k.period_start
+               AND d.metric_id = COALESCE(k.metric_id, d.metric_id)
+              JOIN fusion_billing_metric m ON m.id = d.metric_id
+          ORDER BY 1, 4""", values)
         totals, states, unique = {}, {}, {}
-        for is_delta, row_id, metric_id, quantity, count, last, state, source, kind, period_end in self.env.cr.fetchall():
+        for is_delta, subscription_id, start, row_id, metric_id, quantity, count, last, state, source, kind, period_end \
+                in self.env.cr.fetchall():
+            key = (subscription_id, start, metric_id)
             if not is_delta:
-                states[metric_id] = state
-                totals[metric_id] = self._fc_start(_Row(row_id, metric_id, quantity, count, last, state, source, False))
-            elif states.get(metric_id, "open") != "open":
+                states[key] = state
+                totals[key] = self._fc_start(_Row(row_id, metric_id, quantity, count, last, state, source, False))
+            elif states.get(key, "open") != "open":
                 continue  # late events: the next fold marks them
             else:
-                totals[metric_id] = self._fc_merge(kind, totals.get(metric_id), (quantity, count, last))
+                totals[key] = self._fc_merge(kind, totals.get(key), (quantity, count, last))
                 if kind == "unique_count":  # a row alone is exact (the fold counted it)
-                    unique[metric_id] = period_end
-        for metric_id, period_end in unique.items():
-            counted = self._fc_count_unique(subscription_id, metric_id, period_start, period_end)
-            totals[metric_id] = (counted,) + tuple((totals.get(metric_id) or (0, 0, None))[1:])
-        return {metric_id: (total[0], total[1]) for metric_id, total in totals.items() if total}
+                    unique[key] = period_end
+        for (subscription_id, start, metric_id), period_end in unique.items():
+            counted = self._fc_count_unique(subscription_id, metric_id, start, period_end)
+            key = (subscription_id, start, metric_id)
+            totals[key] = (counted,) + tuple((totals.get(key) or (0, 0, None))[1:])
+        result = {}
+        for (subscription_id, start, metric_id), total in totals.items():
+            if total:
+                result.setdefault((subscription_id, start), {})[metric_id] = (total[0], total[1])
+        return result
 
     @staticmethod
     def _fc_start(row):
@@ -198,6 +249,8 @@ class FusionBillingUsage(models.Model):
         Readers count a delta only while its row is open, so what current usage shows is what the
         close bills. A row another transaction changed since this one's snapshot makes the fold
         fail with a serialization failure: the caller's batch is rolled back and claimed again.
+        The exact totals are checked against the included quantity too (the quota signal, once per
+        period): batches ingested at the same moment each see only their own delta.
         """
         if not subscription_ids:
             return
@@ -215,17 +268,18 @@ class FusionBillingUsage(models.Model):
         for delta in deltas:
             groups[(delta[1], delta[2], delta[3])].append(delta)
         cr.execute("""
-            SELECT subscription_id, metric_id, period_start, id, quantity, events_count, last_event_at, state, source
+            SELECT subscription_id, metric_id, period_start, id, quantity, events_count, last_event_at, state, source,
+                   quota_notified
               FROM fusion_billing_usage WHERE subscription_id IN %s""", (tuple({key[0] for key in groups}),))
         rows = {(sub, metric, start): values for sub, metric, start, *values in cr.fetchall()}
-        late, updates, inserts, unique = [], [], [], []
+        late, updates, inserts, unique, units = [], [], [], [], {}
         for key, group in groups.items():
             row = rows.get(key)
             if row and row[4] != "open":
                 late += [event_id for delta in group for event_id in (delta[8] or [])]
                 continue
             kind = group[0][9]
-            total = self._fc_start(_Row(row[0], key[1], *row[1:], False)) if row else None
+            total = self._fc_start(_Row(row[0], key[1], *row[1:7])) if row else None
             for delta in group:
                 total = self._fc_merge(kind, total, (delta[5], delta[6], delta[7]))
             if row:
@@ -234,6 +288,8 @@ class FusionBillingUsage(models.Model):
                 inserts.append((key[0], key[1], key[2], group[0][4]) + tuple(total))
             if kind == "unique_count":
                 unique.append((key, group[0][4]))
+            if not (row and row[6]):  # the quota was not signalled yet: check it on the exact total
+                units[key] = total[0]
         if updates:
             cr.execute(f"""
                 UPDATE fusion_billing_usage usage SET quantity = v.quantity, events_count = v.events_count,
@@ -242,30 +298,29 @@ class FusionBillingUsage(models.Model):
                        AS v(id, quantity, events_count, last_event_at)
                  WHERE usage.id = v.id""", [self.env.uid, fields.Datetime.now()] + [v for row in updates for v in row])
         if inserts:
-            now = fields.Datetime.now()
-            cr.execute(f"""
-                INSERT INTO fusion_billing_usage
-                       (subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at,
-                        source, state, service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
-                SELECT v.subscription_id, v.metric_id, v.period_start, v.period_end, v.quantity, v.events_count,
-                       v.last_event_at, 'events', 'open', so.x_fc_service_id, so.partner_id, so.company_id,
-                       %s, %s, %s, %s
-                  FROM (VALUES {", ".join(["(%s::int, %s::int, %s::date, %s::date, %s::numeric, %s::int, %s::timestamp)"]
-                                          * len(inserts))})
-                       AS v(subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at)
-                  JOIN sale_order so ON so.id = v.subscription_id
-                ON CONFLICT (subscription_id, metric_id, period_start) DO NOTHING""",
-                [self.env.uid, now, self.env.uid, now] + [v for row in inserts for v in row])
-        for (subscription_id, metric_id, period_start), period_end in unique:
+            self._fc_insert_rows(inserts)
+        for key, period_end in unique:
+            subscription_id, metric_id, period_start = key
+            counted = self._fc_count_unique(subscription_id, metric_id, period_start, period_end)
             cr.execute("UPDATE fusion_billing_usage SET quantity = %s WHERE subscription_id = %s AND metric_id = %s "
-                       "AND period_start = %s", (self._fc_count_unique(subscription_id, metric_id, period_start, period_end),
-                                                 subscription_id, metric_id, period_start))
+                       "AND period_start = %s", (counted, subscription_id, metric_id, period_start))
+            if key in units:
+                units[key] = counted
         if late:
             cr.execute("UPDATE fusion_billing_event SET state = 'late' WHERE id IN %s AND state = 'processed'",
                        (tuple(late),))
         cr.execute("DELETE FROM fusion_billing_usage_delta WHERE id IN %s", (tuple(delta[0] for delta in deltas),))
         self.invalidate_model()
         self.env["fusion.billing.event"].invalidate_model(["state"])
+        # The quota signal where the period's exact total is known: two batches that crossed the
+        # included quantity only together each saw the other's delta uncommitted, and neither
+        # signalled. Still once per period (``_fc_notify_quota``).
+        included = self._fc_included_quantities({key[0] for key in units}, {key[1] for key in units})
+        reached = sorted(key for key, total in units.items() if key[:2] in included and total >= included[key[:2]])
+        for key in reached:
+            subscription_id, metric_id, period_start = key
+            self._fc_notify_quota(subscription_id, self.env["fusion.billing.metric"].browse(metric_id), period_start,
+                                  groups[key][0][4], units[key])
 
     @api.model
     def _cron_fold(self, batch_size=500):
@@ -310,8 +365,9 @@ class FusionBillingUsage(models.Model):
         meanwhile is kept), then every open row of those periods is flipped to *closed* in one
         ``UPDATE … RETURNING``. Returns {order id: {metric id: (usage id, quantity, events)}}.
 
-        The flip locks the rows: an event arriving for one of them waits, then finds it closed and
-        is marked late; one that committed first is in the returned quantity."""
+        Ingestion never writes these rows (it appends deltas, ``_fc_append_events``): what the
+        close's fold saw is in the returned quantity; a delta committed after its snapshot is
+        marked late by the next fold (``_fc_fold``)."""
         if not periods_by_order:
             return {}
         self.env.flush_all()
@@ -367,6 +423,33 @@ class FusionBillingUsage(models.Model):
         self.browse(list(amounts)).modified(["state", "amount"])
 
     @api.model
+    def _fc_insert_rows(self, rows, quota=False):
+        """Insert open usage rows: ``rows`` [(subscription id, metric id, period start, period end,
+        quantity, events count, last event at)]; service, customer and company are the
+        subscription's. A row already there is kept (``ON CONFLICT DO NOTHING``); with ``quota``
+        (a row of no usage that only carries the flag), the existing row's quota flag is set
+        instead, unless it is set already or the row is no longer open: only the first
+        transaction to cross the quota gets its id back. Returns the ids written."""
+        now = fields.Datetime.now()
+        conflict = ("DO UPDATE SET quota_notified = true WHERE NOT COALESCE(usage.quota_notified, false) "
+                    "AND usage.state = 'open'") if quota else "DO NOTHING"
+        self.env.cr.execute(f"""
+            INSERT INTO fusion_billing_usage AS usage
+                   (subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at,
+                    source, state, quota_notified, service_id, partner_id, company_id,
+                    create_uid, create_date, write_uid, write_date)
+            SELECT v.subscription_id, v.metric_id, v.period_start, v.period_end, v.quantity, v.events_count,
+                   v.last_event_at, 'events', 'open', %s, so.x_fc_service_id, so.partner_id, so.company_id,
+                   %s, %s, %s, %s
+              FROM (VALUES {", ".join(["(%s::int, %s::int, %s::date, %s::date, %s::numeric, %s::int, %s::timestamp)"]
+                                      * len(rows))})
+                   AS v(subscription_id, metric_id, period_start, period_end, quantity, events_count, last_event_at)
+              JOIN sale_order so ON so.id = v.subscription_id
+            ON CONFLICT (subscription_id, metric_id, period_start) {conflict}
+            RETURNING usage.id""", [bool(quota), self.env.uid, now, self.env.uid, now] + [v for row in rows for v in row])
+        return [row[0] for row in self.env.cr.fetchall()]
+
+    @api.model
     def _contribution(self, metric, events):
         """(quantity, latest timestamp) of a group of events under the metric's aggregation."""
         result = aggregation.aggregate(metric.aggregation, [
@@ -381,19 +464,7 @@ class FusionBillingUsage(models.Model):
         (Lago issue #209). Exactly once: the flag is set by one ``INSERT … ON CONFLICT`` that only
         the first transaction to cross the quota wins (the only write of a usage row by ingestion,
         once per period)."""
-        now = fields.Datetime.now()
-        self.env.cr.execute("""
-            INSERT INTO fusion_billing_usage AS usage
-                   (subscription_id, metric_id, period_start, period_end, quantity, events_count, source, state,
-                    quota_notified, service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
-            SELECT so.id, %(metric)s, %(start)s, %(end)s, 0, 0, 'events', 'open', true,
-                   so.x_fc_service_id, so.partner_id, so.company_id, %(uid)s, %(now)s, %(uid)s, %(now)s
-              FROM sale_order so WHERE so.id = %(subscription)s
-            ON CONFLICT (subscription_id, metric_id, period_start) DO UPDATE SET quota_notified = true
-             WHERE NOT COALESCE(usage.quota_notified, false) AND usage.state = 'open'
-            RETURNING id""", {"metric": metric.id, "start": period_start, "end": period_end, "uid": self.env.uid,
-                              "now": now, "subscription": subscription_id})
-        if not self.env.cr.fetchone():
+        if not self._fc_insert_rows([(subscription_id, metric.id, period_start, period_end, 0, 0, None)], quota=True):
             return
         subscription = self.env["sale.order"].browse(subscription_id)
         charge = subscription._fc_charges().filtered(lambda c: c.metric_id == metric)[:1]
