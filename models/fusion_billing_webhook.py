@@ -96,21 +96,30 @@ class FusionBillingWebhook(models.Model):
 
     # ------------------------------------------------------------------ delivery
     @api.model
-    def _cron_deliver(self, batch_size=None):
+    def _cron_deliver(self):
         """Send due webhooks (``services/webhook_delivery.py``): claimed with ``SKIP LOCKED`` and
         committed as started, sent outside any lock, each outcome committed on its own, services
-        served fairly. ``batch_size`` is kept for callers of the former signature (unused)."""
+        served fairly. Returns the rows attempted."""
         from ..services.webhook_delivery import WebhookDelivery  # noqa: PLC0415 (services import models)
         return WebhookDelivery(self.env).run()
 
     def _fc_record_attempt(self, status, error):
-        """The outcome of the attempt counted when the row was claimed (written by code only)."""
+        """The outcome of the attempt counted when the row was claimed (written by code only).
+        A delivery is one UPDATE of the row and nothing else (no tracking, no message): its
+        commit cannot fail on a side effect, which would leave it *sending*, sent again later."""
         self.ensure_one()
         now = fields.Datetime.now()
-        values = {"last_attempt_at": now, "last_status_code": status}
         if not error:
-            values.update(state="sent", sent_at=now, last_error=False)
-        elif self.attempts >= signing.MAX_ATTEMPTS:
+            self.flush_recordset()
+            self.env.cr.execute("""
+                UPDATE fusion_billing_webhook SET state = 'sent', sent_at = %s, last_attempt_at = %s,
+                       last_status_code = %s, last_error = NULL, write_date = %s, write_uid = %s
+                 WHERE id = %s""", [now, now, status, now, self.env.uid, self.id])
+            self.invalidate_recordset(["state", "sent_at", "last_attempt_at", "last_status_code", "last_error",
+                                       "write_date", "write_uid"])
+            return
+        values = {"last_attempt_at": now, "last_status_code": status}
+        if self.attempts >= signing.MAX_ATTEMPTS:
             values.update(state="failed", last_error=error)
         else:
             values.update(state="retrying", last_error=error, next_attempt_at=now + signing.next_delay(self.attempts))

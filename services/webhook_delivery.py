@@ -11,7 +11,9 @@ A run repeatedly:
 3. sends each claimed row in a thread (one request per service at a time, services in parallel),
    with one deadline of ``SEND_TIMEOUT_SECONDS`` for the whole exchange, through ``core.outbound``
    (URL checked again after DNS, at most a few KiB of the answer read);
-4. records each row's outcome as soon as it is known and commits it on its own.
+4. records each row's outcome as soon as it is known and commits it on its own (a delivered one
+   first, by a single UPDATE of the row: nothing else rides on its commit), even when something
+   in the run raised while sends were in flight.
 
 So an unreachable receiver holds one slot for at most ``SEND_TIMEOUT_SECONDS`` and never delays
 another service; a row that cannot even be prepared or sent (bad data) fails alone; a delivered
@@ -67,25 +69,33 @@ class WebhookDelivery:
         self.loopback = allow_loopback(self.env)
 
     def run(self):
-        """Deliver due webhooks until none is left or the run's time is up; returns rows attempted."""
+        """Deliver due webhooks until none is left or the run's time is up; returns rows attempted.
+
+        Whatever raises in the run (a claim, a commit), the outcome of every send already started
+        is still recorded (``finally``): a delivered row is never left *sending*, to be sent again
+        when its lease expires."""
         inflight = {}  # future → (webhook, service id)
         attempted = 0
         with ThreadPoolExecutor(PARALLEL_SERVICES, thread_name_prefix="fusion-billing-webhook") as pool:
-            while True:
-                free = PARALLEL_SERVICES - len(inflight)
-                if free and time.monotonic() < self.deadline:
-                    busy = {service_id for _webhook, service_id in inflight.values()}
-                    for webhook in self._claim(self._pick_services(busy, free)):
-                        inflight[pool.submit(self._send, *self._request(webhook))] = (webhook, webhook.service_id.id)
-                        attempted += 1
-                if not inflight:
-                    if time.monotonic() >= self.deadline:
-                        _logger.info("Webhook delivery: out of time after %s webhooks; the next run continues", attempted)
-                    return attempted
-                done, _pending = wait(inflight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    webhook, service_id = inflight.pop(future)
-                    self._record(webhook, service_id, future.result())
+            try:
+                while True:
+                    free = PARALLEL_SERVICES - len(inflight)
+                    if free and time.monotonic() < self.deadline:
+                        busy = {service_id for _webhook, service_id in inflight.values()}
+                        for webhook in self._claim(self._pick_services(busy, free)):
+                            inflight[pool.submit(self._send, *self._request(webhook))] = (webhook, webhook.service_id.id)
+                            attempted += 1
+                    if not inflight:
+                        if time.monotonic() >= self.deadline:
+                            _logger.info("Webhook delivery: out of time after %s webhooks; the next run continues",
+                                         attempted)
+                        return attempted
+                    done, _pending = wait(inflight, return_when=FIRST_COMPLETED)
+                    self._record_completed(inflight, done)
+            finally:
+                if inflight:  # something raised with sends in flight: their outcomes are recorded all the same
+                    self._rollback()
+                    self._record_completed(inflight, wait(inflight).done)
 
     # ------------------------------------------------------------------ claim
     def _pick_services(self, busy, slots):
@@ -138,6 +148,14 @@ class WebhookDelivery:
         return response.status, f"HTTP {response.status}: {response.excerpt}" if response.excerpt else f"HTTP {response.status}"
 
     # ------------------------------------------------------------------ outcome
+    def _record_completed(self, inflight, done):
+        """Record the outcome of each finished send (``done``, taken out of ``inflight``): the
+        delivered ones first, each committed alone, so that nothing recorded after them (a
+        failure's alert) can undo them; one outcome that cannot be recorded never stops the others."""
+        outcomes = [(inflight.pop(future), future.result()) for future in done]
+        for (webhook, service_id), outcome in sorted(outcomes, key=lambda item: bool(item[1][1])):
+            self._record(webhook, service_id, outcome)
+
     def _record(self, webhook, service_id, outcome):
         status, error = outcome
         self.served[service_id] += 1
@@ -146,10 +164,16 @@ class WebhookDelivery:
         try:
             with self.env.cr.savepoint():
                 webhook._fc_record_attempt(status, error)
+            if not batch_jobs.commit_batch(self.env, 1):
+                self.deadline = 0  # the cron job is out of time: finish what is in flight, claim nothing more
         except Exception:  # noqa: BLE001 (logged; the row is claimed again when its lease expires)
             _logger.exception("Webhook %s: could not record the outcome of its delivery", webhook.id)
-        if not batch_jobs.commit_batch(self.env, 1):
-            self.deadline = 0  # the cron job is out of time: finish what is in flight, claim nothing more
+            self._rollback()
+
+    def _rollback(self):
+        """A fresh transaction after an error (never the test's own one: see ``batch_jobs``)."""
+        if batch_jobs.real_transactions(self.env):
+            self.env.cr.rollback()
 
 
 def _describe(error):

@@ -5,6 +5,8 @@ from datetime import timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest.mock import patch
 
+from psycopg2.errors import SerializationFailure
+
 from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
 from odoo.tests import HttpCase, JsonRpcException, new_test_user, tagged
@@ -362,7 +364,7 @@ class TestWebhookWorkers(FusionBillingCase):
         self.addCleanup(receiver.server.server_close)
         service_ids = self.committed_services(receiver, rows=120)
         def deliver(env):  # as the cron job would, run after run, until nothing is left
-            while env["fusion.billing.webhook"]._cron_deliver(batch_size=10):
+            while env["fusion.billing.webhook"]._cron_deliver():
                 pass
         with receiver.running():
             errors = run_as_workers(self.env, deliver, timeout=120)
@@ -415,6 +417,52 @@ class TestWebhookWorkers(FusionBillingCase):
         received = [key for key, _type, _ref in receiver.received]
         self.assertEqual(sorted(received), sorted(key for _s, key, state, _a, _e in queue if state == "sent"),
                          "each delivered row exactly once")
+
+    def test_a_send_in_flight_is_recorded_when_the_run_fails(self):
+        """The run raises (a claim that keeps conflicting) while a send is in flight: that send's
+        outcome is still recorded, never left *sending* (sent again when its lease expires)."""
+        slow, good = Receiver("stuck"), Receiver()
+        for receiver in (slow, good):
+            self.addCleanup(receiver.server.server_close)
+        slow_id, good_id = self.committed_services(slow, good, rows=2)
+        original_claim, claims = webhook_delivery.batch_jobs.claim, []
+
+        def claim_failing_the_second_time(env, query, params):
+            claims.append(params["services"])
+            if len(claims) == 1:
+                return original_claim(env, query, params)
+            slow.release.set()  # the slow app answers while this run is failing
+            raise SerializationFailure("could not serialize access due to concurrent update")
+
+        with slow.running(), good.running(), \
+                patch.object(webhook_delivery.batch_jobs, "claim", claim_failing_the_second_time):
+            errors = run_as_workers(self.env, lambda env: env["fusion.billing.webhook"]._cron_deliver(),
+                                    workers=1, timeout=120)
+        self.assertEqual([type(error) for error in errors], [SerializationFailure], "the run failed")
+        self.assertEqual(claims[1], (good_id,), "the second claim came while the slow app's send was in flight")
+        queue = self.committed_queue([slow_id, good_id])  # the slow app's two rows, then the good app's
+        self.assertEqual([state for _s, _k, state, _a, _e in queue], ["sent", "pending", "sent", "pending"])
+        self.assertEqual(slow.requests, 1)
+
+    def test_a_delivered_row_is_recorded_sent_whatever_else_fails(self):
+        """Recording a delivery rides on nothing else: here the chatter tracking of a row's state
+        fails at commit (as any side effect of an ORM write could)."""
+        receiver = Receiver()
+        self.addCleanup(receiver.server.server_close)
+        service_ids = self.committed_services(receiver, rows=2)
+        Webhook = type(self.env["fusion.billing.webhook"])
+
+        def failing_tracking(*_args, **_kwargs):
+            raise RuntimeError("tracking failed")
+
+        def deliver(env):  # the scheduler's environment tracks changes (real_session's does not)
+            env(context=dict(env.context, tracking_disable=False))["fusion.billing.webhook"]._cron_deliver()
+
+        with receiver.running(), patch.object(Webhook, "_message_track", failing_tracking):
+            errors = run_as_workers(self.env, deliver, workers=1, timeout=120)
+        self.assertEqual(errors, [])
+        self.assertEqual([state for _s, _k, state, _a, _e in self.committed_queue(service_ids)], ["sent", "sent"])
+        self.assertEqual(len(receiver.received), 2)
 
 
 @tagged("post_install", "-at_install")
