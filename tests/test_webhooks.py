@@ -1,7 +1,9 @@
 import json
 import threading
+import uuid
 from contextlib import contextmanager
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest.mock import patch
 
@@ -9,12 +11,12 @@ from psycopg2.errors import SerializationFailure
 
 from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
-from odoo.tests import HttpCase, JsonRpcException, new_test_user, tagged
+from odoo.tests import HttpCase, JsonRpcException, TransactionCase, new_test_user, tagged
 from odoo.tools import mute_logger
 
-from ..core import outbound, signing
+from ..core import lago, outbound, signing
 from ..services import webhook_delivery
-from .common import FusionBillingCase, FusionBillingFixtures, real_session, run_as_workers
+from .common import FusionBillingCase, FusionBillingFixtures, real_cursor, real_session, run_as_workers
 
 SECRET = "whsec_test"
 LOOPBACK_PARAM = "fusion_billing.webhook_allow_loopback"  # tests only: lets webhooks reach 127.0.0.1
@@ -463,6 +465,72 @@ class TestWebhookWorkers(FusionBillingCase):
         self.assertEqual(errors, [])
         self.assertEqual([state for _s, _k, state, _a, _e in self.committed_queue(service_ids)], ["sent", "sent"])
         self.assertEqual(len(receiver.received), 2)
+
+
+@tagged("post_install", "-at_install")
+class TestEventsErrorsDigest(TransactionCase):
+    """The hourly ``events.errors`` digest against real sessions: an event committed after a
+    digest started (its request inserted it before) is in the next digest, never skipped."""
+
+    def setUp(self):
+        super().setUp()
+        with real_session(self.env) as env:
+            self.service_id = env["fusion.billing.service"].create({
+                "name": "Digest", "code": f"digest_{uuid.uuid4().hex[:8]}"}).id
+        self.addCleanup(self._remove_committed)
+
+    def _remove_committed(self):
+        with real_session(self.env) as env:
+            for table in ("fusion_billing_event", "fusion_billing_webhook"):
+                env.cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [self.service_id])  # noqa: S608
+            env["fusion.billing.service"].browse(self.service_id).active = False
+
+    def ingest(self, transaction_id):
+        """An event of no known subscription (it bills nothing), sent in its own session."""
+        now = datetime.now(timezone.utc)
+        clean = lago.validate_event({"transaction_id": transaction_id, "external_subscription_id": "nobody",
+                                     "code": "calls", "properties": {}}, now=now)
+        with real_session(self.env) as env:
+            env["fusion.billing.event"]._ingest(env["fusion.billing.service"].browse(self.service_id), [clean])
+
+    def digest_at(self, when):
+        with patch.object(fields.Datetime, "now", return_value=when), real_session(self.env) as env:
+            env["fusion.billing.webhook"]._cron_events_errors()
+
+    def test_an_event_committed_after_a_digest_started_is_in_the_next_one(self):
+        started = fields.Datetime.now()
+        with patch.object(self.registry, "cursor", partial(real_cursor, self.registry)):
+            self.ingest("early")
+        with real_session(self.env) as env:  # sent ten minutes ago, by an app set up yesterday
+            env.cr.execute("UPDATE fusion_billing_event SET create_date = %s WHERE service_id = %s",
+                           [started - timedelta(minutes=10), self.service_id])
+            env.cr.execute("UPDATE fusion_billing_service SET create_date = %s WHERE id = %s",
+                           [started - timedelta(days=1), self.service_id])
+        Event = type(self.env["fusion.billing.event"])
+        original_roll_up, inserted, release = Event._roll_up, threading.Event(), threading.Event()
+
+        def roll_up_and_hold(model, *args, **kwargs):
+            result = original_roll_up(model, *args, **kwargs)
+            inserted.set()  # "late" is inserted, not committed yet
+            release.wait(60)
+            return result
+
+        errors = []
+        worker = threading.Thread(target=lambda: errors.extend(
+            run_as_workers(self.env, lambda _env: self.ingest("late"), workers=1, timeout=120)))
+        with patch.object(Event, "_roll_up", roll_up_and_hold):
+            worker.start()
+            self.assertTrue(inserted.wait(60))
+            self.digest_at(started + timedelta(minutes=2))  # the hourly digest runs meanwhile
+            release.set()
+            worker.join(120)
+        self.assertEqual(errors, [])
+        self.digest_at(started + timedelta(hours=1, minutes=2))  # the next one
+        with real_session(self.env) as env:
+            digests = env["fusion.billing.webhook"].search(
+                [("service_id", "=", self.service_id), ("event_type", "=", "events.errors")], order="id")
+            reported = [json.loads(digest.payload)["events_errors"]["unknown_subscription"] for digest in digests]
+        self.assertEqual(reported, [["early"], ["late"]])
 
 
 @tagged("post_install", "-at_install")
