@@ -18,6 +18,8 @@ WEBHOOK_STATES = [
     ("shadow", "Recorded, not sent"),
 ]
 RETENTION_PARAM = "fusion_billing.webhook_retention_days"
+# An ingest request commits well within this after inserting its events (the events.errors digest).
+EVENTS_ERRORS_SETTLE = timedelta(minutes=1)
 
 
 class FusionBillingWebhook(models.Model):
@@ -164,15 +166,22 @@ class FusionBillingWebhook(models.Model):
     # ------------------------------------------------------------------ periodic notices
     @api.model
     def _cron_events_errors(self):
-        """Hourly digest of events that bill nothing (unknown code/subscription, bad property)."""
+        """Hourly digest of events that bill nothing (unknown code/subscription, bad property).
+
+        Each service's bound moves to the latest creation time the digest read, never to "now":
+        an event's creation time is when its request inserted it, and a request may commit after
+        the digest's snapshot; a bound of "now" put it behind the bound, never reported. Events of
+        the last ``EVENTS_ERRORS_SETTLE`` are left to the next digest, so that the requests that
+        inserted them have committed (and an older event cannot commit after a newer one read)."""
+        until = fields.Datetime.now() - EVENTS_ERRORS_SETTLE
         for service in self.env["fusion.billing.service"].search([]):
             since = service.events_errors_until or service.create_date
             events = self.env["fusion.billing.event"].search([
                 ("service_id", "=", service.id), ("state", "not in", ("processed", "late")),
-                ("create_date", ">", since)])
-            service.events_errors_until = fields.Datetime.now()
+                ("create_date", ">", since), ("create_date", "<=", until)], order="create_date, id")
             if not events:
                 continue
+            service.events_errors_until = events[-1].create_date
             by_state = {state: events.filtered(lambda e, s=state: e.state == s).mapped("transaction_id")
                         for state in ("unknown_metric", "invalid_property", "unknown_subscription")}
             self._enqueue(service, "events.errors", obj={

@@ -229,7 +229,8 @@ class TestWebhooks(FusionBillingCase):
         self.assertEqual(json.loads(reached.payload)["subscription"]["usage_threshold"]["units"], "120.0")
         ingest(self.service, [dict(event, transaction_id="bad", fingerprint="bad", code="nope",
                                    timestamp=event["timestamp"].replace(tzinfo=timezone.utc))])
-        self.env["fusion.billing.webhook"]._cron_events_errors()
+        with patch.object(fields.Datetime, "now", return_value=fields.Datetime.now() + timedelta(minutes=2)):
+            self.env["fusion.billing.webhook"]._cron_events_errors()  # the next hourly run
         digest = self._queue().filtered(lambda w: w.event_type == "events.errors")
         self.assertEqual(json.loads(digest.payload)["events_errors"]["invalid_code"], ["bad"])
         self.env["fusion.billing.usage"]._fc_fold(order.ids)  # events add deltas; the close folds them first
