@@ -365,9 +365,9 @@ class FusionBillingUsage(models.Model):
         meanwhile is kept), then every open row of those periods is flipped to *closed* in one
         ``UPDATE … RETURNING``. Returns {order id: {metric id: (usage id, quantity, events)}}.
 
-        Ingestion never writes these rows (it appends deltas, ``_fc_append_events``): what the
-        close's fold saw is in the returned quantity; a delta committed after its snapshot is
-        marked late by the next fold (``_fc_fold``)."""
+        Ingestion appends deltas (``_fc_append_events``) and writes a row only to set the quota
+        flag of an open one: what the close's fold saw is in the returned quantity; a delta
+        committed after its snapshot is marked late by the next fold (``_fc_fold``)."""
         if not periods_by_order:
             return {}
         self.env.flush_all()
