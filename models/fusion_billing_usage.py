@@ -141,7 +141,10 @@ class FusionBillingUsage(models.Model):
         included = self._fc_included_quantities({key[0] for key in appended}, {key[1] for key in appended})
         checked = sorted(key for key, notified in appended.items() if not notified and included.get(key[:2]))
         if checked:
-            live = self._fc_live_totals_at(checked)
+            wanted = defaultdict(set)
+            for subscription_id, metric_id, start in checked:
+                wanted[subscription_id, start].add(metric_id)
+            live = self._fc_live_totals_many(list(wanted), metric_ids=wanted)
             for subscription_id, metric_id, start in checked:
                 units = live.get((subscription_id, start), {}).get(metric_id, (0, 0))[0]
                 if units >= included[subscription_id, metric_id]:
@@ -167,19 +170,26 @@ class FusionBillingUsage(models.Model):
         """{metric id: (units, events_count)} of a subscription's period as its events stand: the
         usage rows plus the deltas not folded yet. What current usage shows and the close rates
         (the close folds first, so there it is the row itself)."""
-        return self._fc_live_totals_at([(subscription.id, None, period_start)]).get((subscription.id, period_start), {})
+        return self._fc_live_totals_of(subscription.id, period_start)
 
     @api.model
-    def _fc_live_totals_at(self, keys):
-        """Live totals (see ``_fc_live_totals``) of many periods in one query: ``keys``
-        [(subscription id, metric id or None for all its metrics, period start)] →
-        {(subscription id, period start): {metric id: (units, events_count)}}. A unique-count
-        metric with deltas is counted again over its events, only for the metrics asked."""
+    def _fc_live_totals_of(self, subscription_id, period_start):
+        return self._fc_live_totals_many([(subscription_id, period_start)]).get((subscription_id, period_start), {})
+
+    @api.model
+    def _fc_live_totals_many(self, keys, metric_ids=None):
+        """``_fc_live_totals`` of many (subscription id, period start) ``keys`` in one query:
+        {key: {metric id: (units, events_count)}}. ``metric_ids`` {key: metric ids} reads only
+        those metrics of a key (the quota check reads the metrics it checks): a unique-count metric
+        with deltas is counted again over its events only when it is read."""
+        keys = list(dict.fromkeys(keys))
         if not keys:
             return {}
         self.flush_model()
-        values = [value for key in keys for value in key]
-        rows_of = ", ".join(["(%s::int, %s::int, %s::date)"] * len(keys))
+        metric_ids = metric_ids or {}
+        triples = [(subscription_id, metric_id, start) for subscription_id, start in keys
+                   for metric_id in (sorted(metric_ids.get((subscription_id, start)) or [None]))]
+        rows_of = ", ".join(["(%s::int, %s::int, %s::date)"] * len(triples))
         self.env.cr.execute(f"""
             WITH k(subscription_id, metric_id, period_start) AS (VALUES {rows_of})
             SELECT 0, u.subscription_id, u.period_start, u.id, u.metric_id, u.quantity, u.events_count,
@@ -195,7 +205,7 @@ class FusionBillingUsage(models.Model):
                 ON d.subscription_id = k.subscription_id AND d.period_start = k.period_start
                AND d.metric_id = COALESCE(k.metric_id, d.metric_id)
               JOIN fusion_billing_metric m ON m.id = d.metric_id
-          ORDER BY 1, 4""", values)
+          ORDER BY 1, 4""", [value for triple in triples for value in triple])
         totals, states, unique = {}, {}, {}
         for is_delta, subscription_id, start, row_id, metric_id, quantity, count, last, state, source, kind, period_end \
                 in self.env.cr.fetchall():
