@@ -3,10 +3,18 @@ import uuid
 from odoo import api, fields, models
 
 from ..core import lago, money
+from .code_fields import check_code_fields
 
 LAGO_STATUS = {"draft": "draft", "posted": "finalized", "cancel": "voided"}
 LAGO_PAYMENT_STATUS = {"paid": "succeeded", "in_payment": "succeeded", "reversed": "succeeded",
                        "not_paid": "pending", "partial": "pending", "blocked": "pending"}
+# Written by code only (``code_fields``): the app an invoice belongs to (that app lists it, downloads
+# it and gets its webhooks), what the app was told, and whether its card is charged for it. The
+# service and account are computed from the invoice's subscriptions, or set by code on documents
+# without order lines (a plan change's credit note): editable computes (readonly=False) only so that
+# what code sets is kept, never for people.
+CODE_FIELDS = frozenset({"x_fc_service_id", "x_fc_account_link_id", "x_fc_overdue_notified",
+                         "x_fc_payment_status_notified", "x_fc_delivery_state"})
 
 
 class AccountMove(models.Model):
@@ -23,9 +31,9 @@ class AccountMove(models.Model):
         help="The app account whose subscriptions this invoice bills (empty if it bills several or none): "
              "the API lists an account's invoices by it, never by the contact several accounts may share. "
              "Set by code on documents without order lines (e.g. a plan change's credit note).")
-    x_fc_overdue_notified = fields.Boolean(copy=False, help="invoice.payment_overdue was sent to the app.")
+    x_fc_overdue_notified = fields.Boolean(copy=False, readonly=True, help="invoice.payment_overdue was sent to the app.")
     x_fc_payment_status_notified = fields.Char(
-        copy=False, help="The Lago payment status last sent in invoice.payment_status_updated (none: pending).")
+        copy=False, readonly=True, help="The Lago payment status last sent in invoice.payment_status_updated (none: pending).")
     x_fc_delivery_state = fields.Selection(
         [("pending", "To charge and send"), ("charging", "Charging"), ("done", "Charged and sent"),
          ("failed", "Card declined")],
@@ -33,6 +41,15 @@ class AccountMove(models.Model):
         help="A terminated subscription's final usage invoice is charged to the subscription's saved "
              "payment method and e-mailed after it is posted, outside the billing run's locks. "
              "'Charging' left over means the outcome is unknown: check the payment with the provider.")
+
+    @api.model_create_multi
+    def create(self, vals_list):
+        check_code_fields(self, vals_list, CODE_FIELDS, create=True)
+        return super().create(vals_list)
+
+    def write(self, vals):
+        check_code_fields(self, [vals], CODE_FIELDS)
+        return super().write(vals)
 
     @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_service_id")
     def _compute_x_fc_service_id(self):

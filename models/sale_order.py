@@ -9,8 +9,15 @@ from odoo import api, fields, models
 from ..core import errors, lago, money, nexacloud, periods, reconcile
 from ..services.billing_cycle import BillingCycle, last_served_day
 from ..services.subscription_lifecycle import SubscriptionLifecycle
+from .code_fields import as_code, check_code_fields
 
 _logger = logging.getLogger(__name__)
+
+# Written by code only (``code_fields``): when the app subscription ended (frees its external id,
+# bills its final period), how far its usage is closed, its status and trial in the app (what Odoo
+# bills and activates), the order that carries it on, and whether the app heard of that.
+CODE_FIELDS = frozenset({"x_fc_terminated_at", "x_fc_usage_closed_until", "x_fc_source_status", "x_fc_trial_end",
+                         "x_fc_successor_id", "x_fc_handover_notified"})
 
 
 class SaleOrder(models.Model):
@@ -26,7 +33,7 @@ class SaleOrder(models.Model):
         string="External Subscription ID", index="btree_not_null", copy=False,
         help="The subscription's id in the app (Lago external_id); events refer to it.")
     x_fc_source_status = fields.Char(
-        string="Status in App", copy=False, help="Status in the app's own billing (e.g. Stripe's), for information.")
+        string="Status in App", copy=False, readonly=True, help="Status in the app's own billing (e.g. Stripe's), for information.")
     x_fc_stripe_subscription_id = fields.Char(
         string="Stripe Subscription (info)", copy=False, help="Informational only: never used to charge.")
     x_fc_trial_end = fields.Date(
@@ -34,14 +41,14 @@ class SaleOrder(models.Model):
         help="The app's free trial ends on this day (copied by the import): Odoo bills nothing before it, "
              "neither the fee nor the trial's usage. Its first invoice is on that day, when Stripe would "
              "have charged it first.")
-    x_fc_terminated_at = fields.Datetime(string="Terminated At", copy=False)
+    x_fc_terminated_at = fields.Datetime(string="Terminated At", copy=False, readonly=True)
     x_fc_previous_plan_code = fields.Char(string="Previous Plan Code", copy=False)
     x_fc_usage_ids = fields.One2many("fusion.billing.usage", "subscription_id", string="Usage")
     x_fc_current_usage_html = fields.Html(
         string="Current Usage", compute="_compute_x_fc_current_usage_html", sanitize=False,
         help="The open period's usage rated live, as the app's current_usage call and the invoice show it.")
     x_fc_usage_closed_until = fields.Date(
-        string="Usage Closed Until", copy=False,
+        string="Usage Closed Until", copy=False, readonly=True,
         help="Usage periods starting before this date are closed (billed, or recorded in shadow).")
     x_fc_usage_due_date = fields.Date(
         string="Next Usage Close", compute="_compute_x_fc_usage_due_date", store=True, index="btree_not_null",
@@ -356,33 +363,39 @@ class SaleOrder(models.Model):
             self._api_find(service, clean["external_id"], statuses=("pending",))
         if current and current.x_fc_account_link_id != link:
             raise errors.Invalid({"external_id": ["value_already_exist"]})
-        lifecycle = SubscriptionLifecycle(self.env)
+        lifecycle = SubscriptionLifecycle(as_code(self).env)
         if not current:
             return lifecycle.start(service, link, plan, clean)
         if current.plan_id == plan or current.x_fc_successor_id.plan_id == plan:
             return current  # a retry (or the downgrade already scheduled)
-        return lifecycle.change_plan(current, plan, clean)
+        return lifecycle.change_plan(as_code(current), plan, clean)
 
     def _api_terminate(self, on_termination_invoice="generate"):
         """Lago ``DELETE /subscriptions/{id}``: close natively (live), cancel a pending one, bill
         the final period at once. Terminating a terminated subscription changes nothing."""
-        SubscriptionLifecycle(self.env).terminate(self, bill=on_termination_invoice != "skip")
+        SubscriptionLifecycle(as_code(self).env).terminate(as_code(self), bill=on_termination_invoice != "skip")
         return True
 
     # ------------------------------------------------------------------ native lifecycle
+    @api.model_create_multi
+    def create(self, vals_list):
+        check_code_fields(self, vals_list, CODE_FIELDS, create=True)
+        return super().create(vals_list)
+
     def write(self, vals):
+        check_code_fields(self, [vals], CODE_FIELDS)
         if "subscription_state" not in vals:
             return super().write(vals)
         before = {order.id: order.subscription_state for order in self if order.x_fc_service_id}
         res = super().write(vals)
         changed = self.filtered(lambda o: o.id in before and o.subscription_state != before[o.id])
         if changed:
-            SubscriptionLifecycle(self.env).follow(changed)
+            SubscriptionLifecycle(as_code(self).env).follow(as_code(changed))
         return res
 
     def action_confirm(self, *args, **kwargs):
         res = super().action_confirm(*args, **kwargs)
-        SubscriptionLifecycle(self.env).adopt_app_ids(self)
+        SubscriptionLifecycle(as_code(self).env).adopt_app_ids(as_code(self))
         return res
 
     def _prepare_upsell_renew_order_values(self, *args, **kwargs):
@@ -406,13 +419,13 @@ class SaleOrder(models.Model):
         if self.x_fc_trial_end and self.x_fc_trial_end > closed_until:  # activated during the trial
             closed_until = self._fc_period(self.x_fc_trial_end)[0]
         if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < closed_until:
-            self.x_fc_usage_closed_until = closed_until
+            as_code(self).x_fc_usage_closed_until = closed_until
 
     # ------------------------------------------------------------------ native recurring invoicing
     def _create_recurring_invoice(self, *args, **kwargs):
         """Odoo's recurring run: first close the usage of the subscriptions it is about to invoice,
         so that it rides on their invoice (lines only; no invoice of our own)."""
-        BillingCycle(self.env).before_recurring_invoicing(self)
+        BillingCycle(as_code(self).env).before_recurring_invoicing(as_code(self))
         # Invoice lines look their analytic defaults up once per run, not once per line.
         return super(SaleOrder, self.with_context(fc_distribution_memo={}))._create_recurring_invoice(*args, **kwargs)
 
@@ -427,10 +440,10 @@ class SaleOrder(models.Model):
     def _cron_close_usage_periods(self, batch_size=200):
         """Close what the native recurring run does not invoice (shadow, drafts, final periods,
         set-aside subscriptions), then charge and e-mail the final invoices."""
-        cycle = BillingCycle(self.env)
+        cycle = BillingCycle(as_code(self).env)
         if cycle.close_outside_native_run(batch_size=batch_size):
             cycle.deliver_final_invoices()
-        SubscriptionLifecycle(self.env).notify_handovers()
+        SubscriptionLifecycle(as_code(self).env).notify_handovers()
 
     @api.model
     def _fc_tracked_computed_fields(self):

@@ -1,6 +1,12 @@
 from odoo import api, fields, models
 
+from .code_fields import check_code_fields
+
 USAGE, PLAN_CREDIT = "usage", "plan_credit"
+# Written by code only (``code_fields``): what a billing line is, what it bills and whether it awaits
+# its invoice; and, on a billing line, what it bills (a quantity of 3 would bill the usage 3 times).
+CODE_FIELDS = frozenset({"x_fc_line_kind", "x_fc_charge_id", "x_fc_usage_id", "x_fc_pending"})
+BILLING_LINE_CODE_FIELDS = frozenset({"product_id", "product_uom_qty", "price_unit"})
 
 
 class SaleOrderLine(models.Model):
@@ -24,6 +30,16 @@ class SaleOrderLine(models.Model):
     x_fc_pending = fields.Boolean(
         string="Awaiting Invoice", readonly=True, copy=False,
         help="Billed on the subscription's next invoice; cleared once an invoice carrying it is posted.")
+
+    @api.model_create_multi
+    def create(self, vals_list):
+        check_code_fields(self, vals_list, CODE_FIELDS, create=True)
+        return super().create(vals_list)
+
+    def write(self, vals):
+        check_code_fields(self, [vals], CODE_FIELDS)
+        check_code_fields(self.filtered("x_fc_line_kind"), [vals], BILLING_LINE_CODE_FIELDS)
+        return super().write(vals)
 
     @api.depends("x_fc_pending", "x_fc_line_kind")
     def _compute_qty_to_invoice(self):

@@ -1,0 +1,110 @@
+"""Fields that drive money, usage periods and what an app sees are written by code only: a person
+with the native rights to a record (a salesperson on an order, an accountant on an invoice, a
+Fusion Billing user) cannot write them over RPC, while what Odoo does on their behalf still works."""
+from odoo import Command
+from odoo.exceptions import AccessError
+from odoo.tests import Form, new_test_user, tagged
+from odoo.tools import mute_logger
+
+from .common import FusionBillingCase
+
+
+@tagged("post_install", "-at_install")
+class TestCodeOnlyFields(FusionBillingCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.salesperson = new_test_user(cls.env, "fc_code_sales", groups="sales_team.group_sale_salesman_all_leads")
+        cls.accountant = new_test_user(cls.env, "fc_code_accountant", groups="account.group_account_invoice")
+        cls.service.billing_mode = "live"
+        cls.link = cls.env["fusion.billing.account.link"]._api_upsert(
+            cls.service, {"external_id": "cus_code", "email": "code@client.example", "name": "Code Ltd"})
+        cls.order = cls._create_subscription(partner=cls.link.partner_id, external_id="sub_code",
+                                             x_fc_account_link_id=cls.link.id, start_date="2026-11-01")
+        cls.order.action_confirm()
+        cls.usage = cls.env["fusion.billing.usage"].create({
+            "subscription_id": cls.order.id, "metric_id": cls.metric_bandwidth.id, "period_start": "2026-11-01",
+            "period_end": "2026-12-01", "quantity": 250, "events_count": 3, "state": "closed", "amount": 7.5})
+        cls.usage_line = cls.env["sale.order.line"].create({
+            "order_id": cls.order.id, "product_id": cls.env.ref("fusion_centralize_billing.product_metered_usage").id,
+            "product_uom_qty": 1, "price_unit": 7.5, "x_fc_line_kind": "usage", "x_fc_pending": True,
+            "x_fc_usage_id": cls.usage.id, "x_fc_charge_id": cls.charge.id, "sequence": 1000})
+        cls.fee_line = cls.order.order_line.filtered(lambda line: not line.x_fc_line_kind)
+        # Another app's invoice, not billed by any subscription.
+        cls.other_service = cls._create_service("NexaDesk", "nexadesk")
+        cls.unrelated = cls.env["account.move"].create({
+            "move_type": "out_invoice", "partner_id": cls.partner.id,
+            "invoice_line_ids": [Command.create({"name": "Consulting", "quantity": 1, "price_unit": 100.0})]})
+
+    def assertRefused(self, call, msg=None):
+        with self.assertRaises(AccessError, msg=msg), mute_logger("odoo.models"), self.env.cr.savepoint():
+            call()
+
+    # ------------------------------------------------------------------ usage rows
+    def test_billing_users_and_administrators_only_read_usage_rows(self):
+        for user in (self.billing_user, self.billing_admin):
+            usage = self.usage.with_user(user)
+            self.assertEqual(usage.quantity, 250)
+            self.assertRefused(lambda: usage.write({"quantity": 3}), user.login)
+            self.assertRefused(lambda: usage.write({"state": "open", "quota_notified": True}), user.login)
+            self.assertRefused(lambda: self.env["fusion.billing.usage"].with_user(user).create({  # noqa: B023
+                "subscription_id": self.order.id, "metric_id": self.metric_bandwidth.id,
+                "period_start": "2026-12-01", "period_end": "2027-01-01", "quantity": 1}), user.login)
+        self.assertEqual((self.usage.quantity, self.usage.state), (250, "closed"))
+
+    # ------------------------------------------------------------------ order lines
+    def test_salesperson_cannot_write_what_a_billing_line_bills(self):
+        line = self.usage_line.with_user(self.salesperson)
+        self.assertEqual(line.product_uom_qty, 1)  # the salesperson reads the order
+        for vals in ({"product_uom_qty": 3}, {"price_unit": 70.0}, {"x_fc_pending": False},
+                     {"x_fc_usage_id": False}, {"x_fc_charge_id": False}, {"x_fc_line_kind": False}):
+            self.assertRefused(lambda vals=vals: line.write(vals), vals)
+        fee = self.fee_line.with_user(self.salesperson)
+        self.assertRefused(lambda: fee.write({"x_fc_line_kind": "usage", "x_fc_pending": True}))
+        self.assertRefused(lambda: self.env["sale.order.line"].with_user(self.salesperson).create({
+            "order_id": self.order.id, "product_id": self.base_product.id, "price_unit": -500.0,
+            "x_fc_line_kind": "plan_credit", "x_fc_pending": True}))
+        self.assertEqual((self.usage_line.product_uom_qty, self.usage_line.price_unit, self.usage_line.x_fc_pending),
+                         (1, 7.5, True))
+        # Ordinary lines and the billing line's label stay the salesperson's.
+        fee.write({"product_uom_qty": 2})
+        line.write({"name": "Bandwidth (November)", "product_uom_qty": 1})  # the same quantity is no change
+        self.assertEqual((self.fee_line.product_uom_qty, self.usage_line.name), (2, "Bandwidth (November)"))
+
+    # ------------------------------------------------------------------ orders
+    def test_salesperson_cannot_write_an_app_subscriptions_billing_state(self):
+        order = self.order.with_user(self.salesperson)
+        for vals in ({"x_fc_terminated_at": "2026-11-15 00:00:00"}, {"x_fc_usage_closed_until": "2027-06-01"},
+                     {"x_fc_source_status": "incomplete"}, {"x_fc_trial_end": "2027-01-01"},
+                     {"x_fc_successor_id": self.order.id}, {"x_fc_handover_notified": True}):
+            self.assertRefused(lambda vals=vals: order.write(vals), vals)
+        self.assertRefused(lambda: self.env["sale.order"].with_user(self.salesperson).create({
+            "partner_id": self.partner.id, "x_fc_usage_closed_until": "2030-01-01"}))
+        self.assertFalse(self.order.x_fc_terminated_at or self.order.x_fc_usage_closed_until)
+        fields_ = order.fields_get(["x_fc_terminated_at", "x_fc_usage_closed_until", "x_fc_source_status"], ["readonly"])
+        self.assertTrue(all(values["readonly"] for values in fields_.values()), fields_)
+        # Native fields stay the salesperson's, and the form saves.
+        with Form(order) as form:
+            form.client_order_ref = "PO-42"
+        self.assertEqual(self.order.client_order_ref, "PO-42")
+
+    def test_native_close_by_a_salesperson_still_ends_the_app_subscription(self):
+        self.order.with_user(self.salesperson).set_close()
+        self.assertEqual(self.order.subscription_state, "6_churn")
+        self.assertTrue(self.order.x_fc_terminated_at, "code ends the app subscription for the salesperson")
+
+    # ------------------------------------------------------------------ invoices
+    def test_accountant_cannot_tag_an_invoice_with_an_app(self):
+        invoice = self.unrelated.with_user(self.accountant)
+        self.assertRefused(lambda: invoice.write({"x_fc_service_id": self.service.id}))
+        self.assertRefused(lambda: invoice.write({"x_fc_account_link_id": self.link.id}))
+        self.assertRefused(lambda: invoice.write({"x_fc_delivery_state": "pending"}))
+        self.assertRefused(lambda: invoice.write({"x_fc_payment_status_notified": "succeeded"}))
+        self.assertRefused(lambda: self.env["account.move"].with_user(self.accountant).create({
+            "move_type": "out_invoice", "partner_id": self.partner.id, "x_fc_service_id": self.other_service.id}))
+        self.assertFalse(self.unrelated.x_fc_service_id or self.unrelated.x_fc_account_link_id)
+        # The accountant still works on the invoice itself.
+        invoice.write({"ref": "Consulting, November"})
+        invoice.action_post()
+        self.assertEqual(self.unrelated.state, "posted")
