@@ -36,7 +36,12 @@ RETRYABLE_PGCODES = {errorcodes.SERIALIZATION_FAILURE, errorcodes.DEADLOCK_DETEC
                      errorcodes.LOCK_NOT_AVAILABLE}
 # Handlers that create an object by its external id: two simultaneous first creations collide on
 # the unique index; the loser is replayed (ConcurrencyError) and finds the winner's committed row.
-CREATING_HANDLERS = {"customer_upsert", "subscription_create"}
+# A collision the replay does not resolve is a row this handler cannot see holding the key: a 422.
+CREATING_HANDLERS = {"customer_upsert", "subscription_create", "reconciliation_report"}
+# Unique index → the payload key whose value is taken (a collision that persists after a replay).
+UNIQUE_KEYS = {"sale_order_x_fc_external_uniq": "external_id",
+               "fusion_billing_account_link_service_external_uniq": "external_id",
+               "fusion_billing_reconciliation_row_uniq": "external_subscription_id"}
 # Handlers whose transaction runs READ COMMITTED (they only read, and insert rows deduplicated by a
 # unique index): an identical event a concurrent request inserted is waited for and seen, where
 # Odoo's REPEATABLE READ would fail the request and replay it (fusion.billing.event._ingest).
@@ -139,7 +144,12 @@ class BillingApi(http.Controller):
             if getattr(error, "pgcode", None) in RETRYABLE_PGCODES:
                 raise  # Odoo replays the request
             if getattr(error, "pgcode", None) == errorcodes.UNIQUE_VIOLATION and handler in CREATING_HANDLERS:
-                raise ConcurrencyError(f"simultaneous first creation: {error.diag.constraint_name}") from error
+                constraint = error.diag.constraint_name
+                if getattr(request, "_fc_replayed_collision", False):  # the replay collided again
+                    raise LagoResponse(lago.validation({UNIQUE_KEYS.get(constraint, "base"): ["value_already_exist"]})) \
+                        from None
+                request._fc_replayed_collision = True  # the request object outlives Odoo's replays
+                raise ConcurrencyError(f"simultaneous first creation: {constraint}") from error
             _logger.exception("Billing API crashed on %s %s", request.httprequest.method, subpath)
             raise LagoResponse(lago.internal_error()) from None
 

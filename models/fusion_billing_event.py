@@ -125,13 +125,15 @@ class FusionBillingEvent(models.Model):
 
     @api.model
     def _resolve_subscriptions(self, service, external_ids):
-        """External subscription id → [_Target] (live first, then the most recently terminated)."""
+        """External subscription id → [_Target] (live first, then the most recently terminated).
+        Cancelled orders (never served: a pending subscription terminated, a quotation a person
+        cancelled) take no events."""
         self.env.cr.execute("""
             SELECT so.x_fc_external_id, so.id, COALESCE(so.start_date, so.date_order::date),
                    COALESCE(so.x_fc_period_anchor, so.start_date, so.date_order::date), so.x_fc_terminated_at,
                    so.x_fc_account_link_id, plan.id, plan.billing_period_unit, plan.billing_period_value
               FROM sale_order so JOIN sale_subscription_plan plan ON plan.id = so.plan_id
-             WHERE so.x_fc_service_id = %s AND so.x_fc_external_id IN %s AND so.is_subscription
+             WHERE so.x_fc_service_id = %s AND so.x_fc_external_id IN %s AND so.is_subscription AND so.state != 'cancel'
           ORDER BY so.x_fc_terminated_at DESC NULLS FIRST, so.id DESC""", (service.id, tuple(external_ids)))
         found = defaultdict(list)
         for external_id, *values in self.env.cr.fetchall():

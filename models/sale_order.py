@@ -75,7 +75,8 @@ class SaleOrder(models.Model):
     x_fc_usage_count = fields.Integer(string="Usage Periods", compute="_compute_x_fc_recent_usage_ids")
 
     _x_fc_external_uniq = models.UniqueIndex(
-        "(x_fc_service_id, x_fc_external_id) WHERE x_fc_external_id IS NOT NULL AND x_fc_terminated_at IS NULL",
+        "(x_fc_service_id, x_fc_external_id) WHERE x_fc_external_id IS NOT NULL AND x_fc_terminated_at IS NULL "
+        "AND state != 'cancel'",  # a cancelled order (the native Cancel button too) frees its external id
         "This app already has a live subscription with that external id.")
 
     def _compute_x_fc_current_usage_html(self):
