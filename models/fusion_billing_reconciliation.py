@@ -2,7 +2,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import psycopg2
@@ -11,7 +11,7 @@ from psycopg2.extras import execute_values
 from odoo import api, fields, models
 from odoo.exceptions import UserError
 
-from ..core import errors, money, periods, reconcile
+from ..core import money, periods, reconcile
 from . import batch_jobs
 
 _logger = logging.getLogger(__name__)
@@ -350,21 +350,23 @@ class FusionBillingReconciliation(models.Model):
 
     @api.model
     def _api_report(self, service, bills):
-        """Store amounts an app reports it billed (``POST /reconciliation/app_bills``); validated first."""
-        clean = [_validate_app_bill(bill, index) for index, bill in enumerate(bills)]
-        for bill in clean:
-            row = self.search([("service_id", "=", service.id), ("period_start", "=", bill["period_start"]),
+        """Store amounts an app reports it billed (``POST /reconciliation/app_bills``): ``bills`` as
+        ``core.lago.validate_app_bills`` returns them (the one validation of a report: ids, ISO
+        dates, integer minor units within bounds), one row per subscription and period."""
+        for bill in bills:
+            period_start = fields.Date.to_date(bill["period_start"])
+            row = self.search([("service_id", "=", service.id), ("period_start", "=", period_start),
                                ("external_subscription_id", "=", bill["external_subscription_id"])])
-            stored = dict(bill, period_start=str(bill["period_start"]), period_end=str(bill["period_end"]))
             if row:
-                row.app_reported = stored
+                row.app_reported = dict(bill)
             else:
-                self.create({"service_id": service.id, "period_start": bill["period_start"],
-                             "period_end": bill["period_end"], "external_subscription_id": bill["external_subscription_id"],
-                             "currency_id": service.currency_id.id, "state": "missing_in_odoo", "app_reported": stored,
+                self.create({"service_id": service.id, "period_start": period_start,
+                             "period_end": fields.Date.to_date(bill["period_end"]),
+                             "external_subscription_id": bill["external_subscription_id"],
+                             "currency_id": service.currency_id.id, "state": "missing_in_odoo", "app_reported": dict(bill),
                              "run_count": 0,
                              "explanation": "reported by the app; not reconciled yet"})
-        return len(clean)
+        return len(bills)
 
     @api.model
     def _cron_reconcile_shadow_services(self):
@@ -419,30 +421,3 @@ def _changed(row, values):
         elif (current or False) != (value or False):
             return True
     return False
-
-
-def _validate_app_bill(bill, index):
-    """One reported bill: ids and period required, amounts integer minor units."""
-    problems = {}
-    if not isinstance(bill, dict):
-        raise errors.Invalid({str(index): {"app_bill": ["value_is_invalid"]}})
-    if not isinstance(bill.get("external_subscription_id"), str) or not bill["external_subscription_id"].strip():
-        problems["external_subscription_id"] = ["value_is_mandatory"]
-    dates = {}
-    for key in ("period_start", "period_end"):
-        try:
-            dates[key] = date.fromisoformat(bill.get(key) or "")
-        except (TypeError, ValueError):
-            problems[key] = ["invalid_date"]
-    for key in ("base_fee_cents", "tax_cents"):
-        if bill.get(key) is not None and (isinstance(bill[key], bool) or not isinstance(bill[key], int)):
-            problems[key] = ["value_is_invalid"]
-    usage = bill.get("usage") or {}
-    if not isinstance(usage, dict) or any(isinstance(v, bool) or not isinstance(v, int) for v in usage.values()):
-        problems["usage"] = ["value_is_invalid"]
-    if problems:
-        raise errors.Invalid({str(index): problems})
-    return {"external_subscription_id": bill["external_subscription_id"].strip(), **dates,
-            "external_customer_id": bill.get("external_customer_id"), "currency": bill.get("currency"),
-            "plan_code": bill.get("plan_code"), "base_fee_cents": bill.get("base_fee_cents"),
-            "tax_cents": bill.get("tax_cents"), "usage": usage}

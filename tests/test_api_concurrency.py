@@ -81,7 +81,7 @@ class TestApiUnderRealWorkers(TransactionCase):
             if cr.fetchone()[0]:
                 cr.execute(f"DELETE FROM fusion_billing_usage_delta WHERE subscription_id IN {orders}", [cls.service_id])
             cr.execute(f"DELETE FROM fusion_billing_usage WHERE subscription_id IN {orders}", [cls.service_id])
-            for table in ("fusion_billing_event", "fusion_billing_webhook"):
+            for table in ("fusion_billing_event", "fusion_billing_webhook", "fusion_billing_reconciliation"):
                 cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [cls.service_id])  # noqa: S608 (fixed names)
             cr.execute("DELETE FROM sale_order WHERE x_fc_service_id = %s", [cls.service_id])
             cr.execute("DELETE FROM fusion_billing_account_link WHERE service_id = %s", [cls.service_id])
@@ -187,6 +187,28 @@ class TestApiUnderRealWorkers(TransactionCase):
                              [r.text[:300] for r in results] + [self.server_failure()])
             self.assertEqual(results[0].json()[root]["lago_id"], results[1].json()[root]["lago_id"], path)
             self.assertEqual(results[0].json()[root]["external_id"], body[root]["external_id"])
+
+    def test_concurrent_first_app_bill_report(self):
+        """Two simultaneous POST /reconciliation/app_bills for the same new row (an app retrying
+        after a timeout) both answer 200; one row holds the report."""
+        for attempt in range(3):
+            bill = {"external_subscription_id": f"bill-sub-{attempt}", "period_start": "2026-10-01",
+                    "period_end": "2026-11-01", "base_fee_cents": 4900 + attempt}
+            barrier = threading.Barrier(2)
+
+            def send(_number, bill=bill, barrier=barrier):
+                barrier.wait(30)
+                return self.post("reconciliation/app_bills", {"app_bills": [bill]})
+
+            with ThreadPoolExecutor(2) as pool:
+                results = [response for response, _statuses in pool.map(send, range(2))]
+            self.assertEqual([r.status_code for r in results], [200, 200],
+                             [r.text[:300] for r in results] + [self.server_failure()])
+            with real_session(self.env) as env:
+                env.cr.execute("""SELECT app_reported->>'base_fee_cents' FROM fusion_billing_reconciliation
+                                   WHERE service_id = %s AND external_subscription_id = %s""",
+                               [self.service_id, bill["external_subscription_id"]])
+                self.assertEqual(env.cr.fetchall(), [(str(4900 + attempt),)])
 
     # ------------------------------------------------------------------ assertions
     def _assert_stored_exactly_once(self, expected_ids):
