@@ -8,16 +8,21 @@ class FusionBillingUsageLive(models.Model):
     no row yet, the largest count of one delta.
     Deltas of a period no longer open are late events and do not count, as for every reader.
     One subscription's period is read exactly with ``fusion.billing.usage._fc_live_totals``.
+
+    A row's id is stable: its usage row's id, or (no usage row yet) minus its first delta's id.
+    Its company is its subscription's (multi-company record rule, as the usage rows).
     """
 
     _name = "fusion.billing.usage.live"
     _description = "Usage (live, with unfolded deltas)"
     _auto = False
     _order = "period_start desc, subscription_id, metric_id"
+    _check_company_auto = True
 
     subscription_id = fields.Many2one("sale.order", readonly=True)
     metric_id = fields.Many2one("fusion.billing.metric", readonly=True)
     service_id = fields.Many2one("fusion.billing.service", readonly=True)
+    company_id = fields.Many2one("res.company", readonly=True)
     period_start = fields.Date(readonly=True)
     period_end = fields.Date(readonly=True)
     quantity = fields.Float(digits=(20, 6), readonly=True)
@@ -33,10 +38,12 @@ class FusionBillingUsageLive(models.Model):
                        max(d.period_end) AS period_end,
                        sum(d.quantity) AS sum_quantity, max(d.quantity) AS max_quantity,
                        (array_agg(d.quantity ORDER BY d.last_event_at DESC, d.id DESC))[1] AS latest_quantity,
-                       max(d.last_event_at) AS last_event_at, sum(d.events_count) AS events_count
+                       max(d.last_event_at) AS last_event_at, sum(d.events_count) AS events_count,
+                       min(d.id) AS first_delta_id
                   FROM fusion_billing_usage_delta d
                  GROUP BY d.subscription_id, d.metric_id, d.period_start)
-            SELECT row_number() OVER () AS id,
+            SELECT COALESCE(u.id, -p.first_delta_id) AS id,
+                   so.company_id AS company_id,
                    COALESCE(u.subscription_id, p.subscription_id) AS subscription_id,
                    COALESCE(u.metric_id, p.metric_id) AS metric_id,
                    COALESCE(u.service_id, p.service_id) AS service_id,
@@ -60,4 +67,5 @@ class FusionBillingUsageLive(models.Model):
               FROM fusion_billing_usage u
               FULL JOIN pending p ON p.subscription_id = u.subscription_id AND p.metric_id = u.metric_id
                                  AND p.period_start = u.period_start
-              JOIN fusion_billing_metric m ON m.id = COALESCE(u.metric_id, p.metric_id)""")
+              JOIN fusion_billing_metric m ON m.id = COALESCE(u.metric_id, p.metric_id)
+              JOIN sale_order so ON so.id = COALESCE(u.subscription_id, p.subscription_id)""")

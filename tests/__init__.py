@@ -17,3 +17,4 @@ from . import test_usage_deltas
 from . import test_scheduled_jobs
 from . import test_code_fields
 from . import test_api_collisions
+from . import test_usage_live_access
