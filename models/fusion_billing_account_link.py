@@ -186,22 +186,24 @@ class FusionBillingAccountLink(models.Model):
     @api.model
     def _fc_find_partners(self, emails, company):
         """{normalised e-mail: partner} of the contacts representing these e-mails that an account of
-        ``company`` may share: one an app account already uses first, else a customer contact."""
+        ``company`` may share: one an app account already uses first, else a customer contact.
+
+        A contact is found by its own e-mail only. The e-mail an app gave its account is the app's
+        word (unverified, and kept on the account when the app may not write the contact): were it
+        matched, app A could steer app B's new customers onto a contact of A's choosing."""
         emails = {normalise_email(email) for email in emails} - {False}
         if not emails:
             return {}
-        candidates = [(link["email_normalised"], link["partner_id"]) for link in self.sudo().with_context(
-            active_test=False).search_read([("email_normalised", "in", list(emails))],
-                                           ["email_normalised", "partner_id"], order="id", load=None)]
-        candidates += [(partner["email_normalized"], partner["id"]) for partner in self.env["res.partner"].sudo(
-            ).with_context(active_test=False).search_read([("email_normalized", "in", list(emails))],
-                                                          ["email_normalized"], order="id")]
-        partners = self.env["res.partner"].sudo().browse({partner_id for _email, partner_id in candidates})
-        allowed = set(self._fc_linkable(partners, company).ids)
+        partners = self.env["res.partner"].sudo().with_context(active_test=False).search(
+            [("email_normalized", "in", list(emails))], order="id")
+        allowed = self._fc_linkable(partners, company)
+        used = set(self.sudo().with_context(active_test=False).search(
+            [("partner_id", "in", allowed.ids)]).partner_id.ids)
         found = {}
-        for email, partner_id in candidates:
-            if partner_id in allowed:
-                found.setdefault(email, self.env["res.partner"].sudo().browse(partner_id))
+        for partner in allowed.sorted(lambda partner: (partner.id not in used, partner.id)):
+            email = normalise_email(partner.email_normalized)
+            if email in emails:
+                found.setdefault(email, partner)
         return found
 
     @api.model

@@ -150,6 +150,26 @@ class TestIdentityApi(FusionBillingApiCase):
             self.assertEqual(found["customer"]["external_id"], other)
         self.assertEqual(len(self.api("GET", "invoices").json()["invoices"]), 2)
 
+    def test_an_apps_account_email_never_steers_another_apps_customers(self):
+        """The e-mail an app gave its account (the app's word, kept on the account when the app may
+        not write the contact) links no other app's new customer: only a contact's own e-mail does."""
+        alice = self.env["res.partner"].create({"name": "Alice Martin", "email": "alice@client.example",
+                                                "customer_rank": 1})
+        self.customer(external_id="steer_a", email="alice@client.example")
+        self.assertEqual(self.link("steer_a").partner_id, alice)
+        # App A now calls its customer Bob: kept on its account (Alice's contact is not A's to write).
+        self.customer(external_id="steer_a", email="bob@client.example")
+        self.assertEqual((self.link("steer_a").email, alice.email), ("bob@client.example", "alice@client.example"))
+        desk = self._create_service("NexaDesk", "nexadesk")
+        desk_key = self._api_key(desk)
+        self.customer(key=desk_key, external_id="desk_bob", email="bob@client.example", name="Bob Stone")
+        bob = self.link("desk_bob", desk)
+        self.assertNotEqual(bob.partner_id, alice, "app A steered app B's new customer onto Alice")
+        self.assertEqual(bob.partner_id.email, "bob@client.example")
+        # A contact's own e-mail still shares it across apps (one contact per client).
+        self.customer(key=desk_key, external_id="desk_alice", email="ALICE@client.example")
+        self.assertEqual(self.link("desk_alice", desk).partner_id, alice)
+
 
 @tagged("post_install", "-at_install")
 class TestIdentityImport(NexacloudSourceCase):
