@@ -160,7 +160,9 @@ class AccountMove(models.Model):
         sale_lines = lines.sale_line_ids.filtered(lambda l: l.x_fc_line_kind and l.x_fc_pending)
         if not sale_lines:
             return
-        usage_lines = {line.x_fc_usage_id: line for line in lines if line.x_fc_usage_id}
+        # Only the usage its order line bills (code-only fields), never one a person put on an invoice line.
+        usage_lines = {line.x_fc_usage_id: line for line in lines
+                       if line.x_fc_usage_id and line.x_fc_usage_id in line.sale_line_ids.x_fc_usage_id}
         for sale_line in sale_lines:
             if sale_line.x_fc_line_kind == "plan_credit" or sale_line.x_fc_usage_id in usage_lines:
                 sale_line.x_fc_pending = False
