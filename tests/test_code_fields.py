@@ -110,15 +110,16 @@ class TestCodeOnlyFields(FusionBillingCase):
         self.assertEqual(self.unrelated.state, "posted")
 
     def test_an_invoice_line_naming_a_usage_period_does_not_bill_it(self):
-        """Only the order line carrying a usage period bills it: an invoice a person made that names
-        an open period (its lines are the accountant's) leaves it open, to be billed by its close."""
+        """Only the order line carrying a usage period bills it: a line a person adds to the
+        subscription's invoice naming another (open) period leaves that period open, to be billed by
+        its own close."""
         open_usage = self.env["fusion.billing.usage"].create({
             "subscription_id": self.order.id, "metric_id": self.metric_bandwidth.id, "period_start": "2026-12-01",
             "period_end": "2027-01-01", "quantity": 400})
-        invoice = self.env["account.move"].with_user(self.accountant).create({
-            "move_type": "out_invoice", "partner_id": self.partner.id,
-            "invoice_line_ids": [Command.create({"name": "Bandwidth", "quantity": 1, "price_unit": 0.01,
-                                                 "x_fc_usage_id": open_usage.id})]})
-        invoice.action_post()
+        invoice = self.order._create_invoices()  # carries the pending usage line of November
+        invoice.with_user(self.accountant).write({"invoice_line_ids": [Command.create({
+            "name": "Bandwidth", "quantity": 1, "price_unit": 0.01, "x_fc_usage_id": open_usage.id})]})
+        invoice.with_user(self.accountant).action_post()
         self.assertEqual(invoice.state, "posted")
+        self.assertEqual(self.usage.state, "billed", "the period its order line carries is billed")
         self.assertEqual((open_usage.state, open_usage.invoice_line_id), ("open", self.env["account.move.line"]))
