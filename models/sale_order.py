@@ -18,6 +18,9 @@ _logger = logging.getLogger(__name__)
 # bills and activates), the order that carries it on, and whether the app heard of that.
 CODE_FIELDS = frozenset({"x_fc_terminated_at", "x_fc_usage_closed_until", "x_fc_source_status", "x_fc_trial_end",
                          "x_fc_successor_id", "x_fc_handover_notified"})
+# Which app and account an order is, and its id there (the app lists it, its events bill it): set by
+# code, or carried by the renewal or upsell quotation of an app subscription (Odoo's own steps).
+APP_FIELDS = frozenset({"x_fc_service_id", "x_fc_account_link_id", "x_fc_external_id"})
 
 
 class SaleOrder(models.Model):
@@ -381,10 +384,21 @@ class SaleOrder(models.Model):
     @api.model_create_multi
     def create(self, vals_list):
         check_code_fields(self, vals_list, CODE_FIELDS, create=True)
+        check_code_fields(self, [vals for vals in vals_list if not self._fc_continues_parent(vals)], APP_FIELDS,
+                          create=True)
         return super().create(vals_list)
 
+    @api.model
+    def _fc_continues_parent(self, vals):
+        """Whether ``vals`` (a new order) are a renewal or upsell quotation carrying its subscription's
+        app and account, as ``_prepare_upsell_renew_order_values`` gives them (never an external id)."""
+        parent = self.browse(vals["subscription_id"]) if vals.get("subscription_id") else self
+        return bool(parent) and not vals.get("x_fc_external_id") \
+            and (vals.get("x_fc_service_id") or False) == parent.x_fc_service_id.id \
+            and (vals.get("x_fc_account_link_id") or False) == parent.x_fc_account_link_id.id
+
     def write(self, vals):
-        check_code_fields(self, [vals], CODE_FIELDS)
+        check_code_fields(self, [vals], CODE_FIELDS | APP_FIELDS)
         if "subscription_state" not in vals:
             return super().write(vals)
         before = {order.id: order.subscription_state for order in self if order.x_fc_service_id}

@@ -89,6 +89,24 @@ class TestCodeOnlyFields(FusionBillingCase):
             form.client_order_ref = "PO-42"
         self.assertEqual(self.order.client_order_ref, "PO-42")
 
+    def test_salesperson_cannot_make_an_order_an_apps(self):
+        """Which app an order belongs to (the app lists it, its events bill it) is set by code; a
+        renewal or upsell quotation carries its subscription's app."""
+        quotation = self.env["sale.order"].create({"partner_id": self.partner.id})
+        for vals in ({"x_fc_service_id": self.service.id}, {"x_fc_external_id": "sub_other"},
+                     {"x_fc_account_link_id": self.link.id}):
+            self.assertRefused(lambda vals=vals: quotation.with_user(self.salesperson).write(vals), vals)
+            self.assertRefused(lambda vals=vals: self.env["sale.order"].with_user(self.salesperson).create(
+                dict(vals, partner_id=self.partner.id)), vals)
+        self.assertRefused(lambda: self.order.with_user(self.salesperson).write({"x_fc_external_id": "sub_code_2"}))
+        self.assertRefused(lambda: self.env["sale.order"].with_user(self.salesperson).create({  # not its parent's app
+            "partner_id": self.partner.id, "subscription_id": self.order.id, "x_fc_service_id": self.other_service.id}))
+        self.assertFalse(quotation.x_fc_service_id or quotation.x_fc_external_id)
+        action = self.order.with_user(self.salesperson).prepare_renewal_order()
+        renewal = self.env["sale.order"].browse(action["res_id"])
+        self.assertEqual((renewal.x_fc_service_id, renewal.x_fc_account_link_id, renewal.x_fc_external_id),
+                         (self.service, self.link, False))
+
     def test_native_close_by_a_salesperson_still_ends_the_app_subscription(self):
         self.order.with_user(self.salesperson).set_close()
         self.assertEqual(self.order.subscription_state, "6_churn")
