@@ -6,12 +6,17 @@ A person writing them over RPC (or on a form) is refused, as the account link's 
 are. Code writes them either as superuser or, when it works on behalf of its caller (the API's
 technical user, a salesperson closing a subscription), in ``as_code(records)``: the caller's own
 environment (access rights and record rules still apply) marked with a key that only Python code
-can set, since no RPC context (JSON or XML-RPC) can carry this module's object.
+can set, since no RPC context (JSON or XML-RPC) can carry this module's object (checked by identity).
 """
 from odoo.exceptions import AccessError
 
+class _CodeMarker(str):
+    """A string (whatever serialises a context still can), recognised only as this very object: a
+    context that went through JSON, XML-RPC or a copy holds a plain string, which is not code."""
+
+
 _CONTEXT_KEY = "fusion_billing_code_write"
-_CODE = object()
+_CODE = _CodeMarker("code")
 
 
 def as_code(records):

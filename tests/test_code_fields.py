@@ -81,6 +81,9 @@ class TestCodeOnlyFields(FusionBillingCase):
             self.assertRefused(lambda vals=vals: order.write(vals), vals)
         self.assertRefused(lambda: self.env["sale.order"].with_user(self.salesperson).create({
             "partner_id": self.partner.id, "x_fc_usage_closed_until": "2030-01-01"}))
+        # Code's context key cannot come over RPC: any value a JSON or XML-RPC context can carry is refused.
+        forged = order.with_context(fusion_billing_code_write="code")
+        self.assertRefused(lambda: forged.write({"x_fc_terminated_at": "2026-11-15 00:00:00"}))
         self.assertFalse(self.order.x_fc_terminated_at or self.order.x_fc_usage_closed_until)
         fields_ = order.fields_get(["x_fc_terminated_at", "x_fc_usage_closed_until", "x_fc_source_status"], ["readonly"])
         self.assertTrue(all(values["readonly"] for values in fields_.values()), fields_)
