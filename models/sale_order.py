@@ -370,9 +370,7 @@ class SaleOrder(models.Model):
         lifecycle = SubscriptionLifecycle(as_code(self).env)
         if not current:
             return lifecycle.start(service, link, plan, clean)
-        if current.plan_id == plan or current.x_fc_successor_id.plan_id == plan:
-            return current  # a retry (or the downgrade already scheduled)
-        return lifecycle.change_plan(as_code(current), plan, clean)
+        return lifecycle.change_plan(as_code(current), plan, clean)  # a retry on the same plan changes nothing
 
     def _api_terminate(self, on_termination_invoice="generate"):
         """Lago ``DELETE /subscriptions/{id}``: close natively (live), cancel a pending one, bill

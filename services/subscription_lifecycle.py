@@ -68,10 +68,15 @@ class SubscriptionLifecycle:
             status = order._api_status()
             if status in ("terminated", "canceled"):
                 continue
+            self._cancel_pending_successor(order)  # nothing is billed after the app's subscription ends
             order.x_fc_terminated_at = now
             order.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
             if status == "pending":
                 order.with_context(disable_cancel_warning=True).action_cancel()
+                predecessor = self.orders.search([("x_fc_successor_id", "=", order.id)])
+                if predecessor:  # the app cancelled the plan change it had scheduled: its plan goes on
+                    self._resume(predecessor)
+                    predecessor._fc_notify("subscription.updated")
             elif order.state == "sale" and order.subscription_state in RUNNING:
                 order.set_close(close_reason_id=reason.id if reason else None)
             order._fc_notify("subscription.terminated")
@@ -79,6 +84,32 @@ class SubscriptionLifecycle:
                 to_close |= order
         BillingCycle(self.env).close_now(to_close, bill=bill)
         return orders
+
+    def _pending_successor(self, order):
+        """The order set to continue ``order`` from its period end (a scheduled downgrade, or a renewal
+        confirmed ahead) while it has not started yet; empty otherwise."""
+        successor = order.x_fc_successor_id
+        return successor if successor and successor._api_status() == "pending" else self.orders
+
+    def _cancel_pending_successor(self, order):
+        """Cancel what was to continue ``order`` at its period end and has not started (Lago cancels a
+        pending next subscription when the current one ends or changes plan again): it is never billed
+        and frees the app's external id; ``order`` runs on as before. Returns the cancelled order."""
+        successor = self._pending_successor(order)
+        if successor:
+            successor.x_fc_terminated_at = fields.Datetime.now()
+            successor.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
+            successor.with_context(disable_cancel_warning=True).action_cancel()
+            self._resume(order)
+        return successor
+
+    def _resume(self, order):
+        """``order`` no longer ends at its period end: nothing continues it, it bills on as before."""
+        order.write({"x_fc_successor_id": False, "x_fc_terminated_at": False, "x_fc_handover_notified": False})
+        # Confirming the renewal made it Renewed; with the renewal cancelled it is In Progress again
+        # (unless Odoo already reopened it when the renewal was cancelled).
+        if order.state == "sale" and order.subscription_state == "5_renewed":
+            order.subscription_state = "3_progress"
 
     # ------------------------------------------------------------------ following Odoo
     def follow(self, orders):
@@ -149,7 +180,17 @@ class SubscriptionLifecycle:
 
     # ------------------------------------------------------------------ plan changes (Lago)
     def change_plan(self, current, plan, values):
-        """``POST /subscriptions`` with another plan. Returns the order the API answers with."""
+        """``POST /subscriptions`` on an existing subscription. Returns the order the API answers with.
+        The current plan is a retry, unless a change to another plan is scheduled for the period end:
+        it is then cancelled (the app stays on its plan). Another plan replaces any scheduled change."""
+        scheduled = self._pending_successor(current)
+        if scheduled.plan_id == plan or (plan == current.plan_id and not scheduled):
+            return current  # a retry (of the scheduled downgrade, or on the current plan)
+        if scheduled:
+            self._cancel_pending_successor(current)
+        if plan == current.plan_id:
+            current._fc_notify("subscription.updated")  # no next plan any more
+            return current
         if current._api_status() == "pending":
             return self._switch(current, plan, values)
         today = fields.Date.context_today(self.orders)

@@ -420,6 +420,84 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertTrue(poisoned.x_fc_handover_notified)
         self.assertEqual(len(self.webhooks(poisoned, "subscription.terminated")), 1)
 
+    def post_plan(self, external_id, plan_code, day):
+        with freeze_time(day):
+            response = self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": f"cus_{external_id}", "plan_code": plan_code, "external_id": external_id}})
+        return response
+
+    def test_a_scheduled_downgrade_is_cancelled_or_replaced_by_what_the_app_does_next(self):
+        """Five subscriptions downgrade from Pro to Basic on January 10 (Basic from February 1). Then the
+        app terminates one, upgrades one, downgrades one again, posts Pro again for one and cancels the
+        pending Basic of the last: Odoo bills on February 1 only what the app now has."""
+        self._plan("max", "NexaCloud Max", 99.0)
+        self._plan("basic", "NexaCloud Basic", 19.0)
+        self._plan("mini", "NexaCloud Mini", 9.0)
+        names = ("gone", "up", "again", "back", "undo")
+        orders = {name: self.subscribe(f"sub_{name}", customer=f"cus_sub_{name}") for name in names}
+        self.recurring("2025-01-01 03:00:00")  # January's Pro fee, 49.00 each
+        for name in names:
+            scheduled = self.post_plan(f"sub_{name}", "basic", "2025-01-10 09:00:00").json()["subscription"]
+            self.assertEqual((scheduled["plan_code"], scheduled["next_plan_code"]), ("pro", "basic"))
+        basics = {name: order.x_fc_successor_id for name, order in orders.items()}
+        self.assertEqual(set(basics["gone"].mapped("plan_id.x_fc_plan_code")), {"basic"})
+
+        with freeze_time("2025-01-15 09:00:00"):
+            gone = self.api("DELETE", "subscriptions/sub_gone")
+            undo = self.api("DELETE", "subscriptions/sub_undo", params={"status": "pending"})
+        up = self.post_plan("sub_up", "max", "2025-01-15 09:00:00")
+        again = self.post_plan("sub_again", "mini", "2025-01-15 09:00:00")
+        back = self.post_plan("sub_back", "pro", "2025-01-15 09:00:00")
+        for response in (gone, undo, up, again, back):
+            self.assertEqual(response.status_code, 200, response.text)
+        self.assertEqual(gone.json()["subscription"]["status"], "terminated")
+        self.assertEqual(undo.json()["subscription"]["status"], "canceled")
+        self.assertEqual((up.json()["subscription"]["plan_code"], up.json()["subscription"]["previous_plan_code"]),
+                         ("max", "pro"))
+        self.assertEqual((again.json()["subscription"]["plan_code"], again.json()["subscription"]["next_plan_code"],
+                          again.json()["subscription"]["downgrade_plan_date"]), ("pro", "mini", "2025-02-01"))
+        self.assertEqual(back.json()["subscription"]["next_plan_code"], None, "stays on Pro")
+        self.assertEqual(set(basics[n].state for n in names), {"cancel"}, "no scheduled Basic is left")
+        self.assertEqual(orders["gone"].subscription_state, "6_churn")
+        for name in ("back", "undo"):
+            self.assertEqual((orders[name].subscription_state, orders[name].x_fc_terminated_at,
+                              orders[name].x_fc_successor_id.id), ("3_progress", False, False))
+        with freeze_time("2025-01-16"):
+            for name, plan_code in (("back", "pro"), ("undo", "pro"), ("again", "pro")):
+                found = self.api("GET", f"subscriptions/sub_{name}").json()["subscription"]
+                self.assertEqual((found["lago_id"], found["plan_code"]), (str(orders[name].id), plan_code))
+            self.assertEqual(self.api("GET", "subscriptions/sub_gone").status_code, 404)
+
+        self.recurring("2025-02-01 03:00:00")
+        self.close("2025-02-01 04:00:00")
+        self.assertFalse(sum((basics[n].invoice_ids for n in names), self.env["account.move"]),
+                         "nothing billed on a cancelled Basic")
+        self.assertEqual(len(orders["gone"].invoice_ids), 1, "January's fee only: terminated")
+        mini = orders["again"].x_fc_successor_id
+        self.assertEqual((mini.plan_id.x_fc_plan_code, lines_of(mini.invoice_ids).mapped("price_subtotal")),
+                         ("mini", [9.0]))
+        for name in ("back", "undo"):
+            february = orders[name].invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 2, 1))
+            self.assertEqual(lines_of(february).mapped("price_subtotal"), [49.0], "Pro goes on")
+        with freeze_time("2025-02-02"):
+            self.assertEqual(self.api("GET", "subscriptions/sub_again").json()["subscription"]["plan_code"], "mini")
+
+    def test_a_shadow_downgrade_is_cancelled_with_its_subscription(self):
+        self.service.billing_mode = "shadow"
+        self._plan("basic", "NexaCloud Basic", 19.0)
+        order = self.subscribe("sub_sh", customer="cus_sub_sh")
+        scheduled = self.post_plan("sub_sh", "basic", "2025-01-10 09:00:00").json()["subscription"]
+        self.assertEqual(scheduled["next_plan_code"], "basic")
+        basic = order.x_fc_successor_id
+        with freeze_time("2025-01-15 09:00:00"):
+            self.assertEqual(self.api("DELETE", "subscriptions/sub_sh").status_code, 200)
+        self.assertEqual(basic.state, "cancel")
+        with freeze_time("2025-02-02"):
+            self.assertEqual(self.api("GET", "subscriptions/sub_sh").status_code, 404,
+                             "the Basic the app never started is not its subscription")
+            self.assertEqual(self.post_plan("sub_sh", "basic", "2025-02-02").status_code, 200,
+                             "the external id is free again")
+
     def test_activation_at_cutover_invoices_nothing_before_the_next_invoice_date(self):
         self.service.billing_mode = "shadow"
         imported = self._create_subscription(
