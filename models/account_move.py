@@ -156,7 +156,8 @@ class AccountMove(models.Model):
     def _fc_mark_billed(self):
         """An invoice carrying billing-cycle lines was posted: their usage is billed (its invoice
         line recorded) and the order lines stop being invoiceable, for good."""
-        lines = self.filtered(lambda m: m.move_type == "out_invoice").invoice_line_ids  # (sudo: see _post)
+        # A credit note bills them too when the lines left to bill total a credit (see _invoice_final_periods).
+        lines = self.filtered(lambda m: m.move_type in ("out_invoice", "out_refund")).invoice_line_ids  # (sudo: see _post)
         sale_lines = lines.sale_line_ids.filtered(lambda l: l.x_fc_line_kind and l.x_fc_pending)
         if not sale_lines:
             return

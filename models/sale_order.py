@@ -5,9 +5,10 @@ from datetime import datetime, time, timedelta
 from markupsafe import Markup
 
 from odoo import api, fields, models
+from odoo.exceptions import AccessError
 
 from ..core import errors, lago, money, nexacloud, periods, reconcile
-from ..services.billing_cycle import BillingCycle, last_served_day
+from ..services.billing_cycle import MAX_BILLING_ATTEMPTS, BillingCycle, last_served_day
 from ..services.subscription_lifecycle import SubscriptionLifecycle
 from .code_fields import as_code, check_code_fields
 
@@ -70,8 +71,13 @@ class SaleOrder(models.Model):
     x_fc_billing_issue = fields.Text(
         string="Billing Issue", readonly=True, copy=False,
         help="Why the last usage close of this subscription failed. It was set aside (the rest of its batch "
-             "billed) and is retried by every run until it succeeds.")
+             "billed) and is retried by the next runs (see Failed Billing Attempts).")
     x_fc_billing_issue_at = fields.Datetime(string="Set Aside At", readonly=True, copy=False, index="btree_not_null")
+    x_fc_billing_attempts = fields.Integer(
+        string="Failed Billing Attempts", readonly=True, copy=False,
+        help="Failed usage closes in a row. After a day of them the job stops retrying: fix the reason, then "
+             "press Retry Billing.")
+    x_fc_billing_retry_stopped = fields.Boolean(compute="_compute_x_fc_billing_retry_stopped")
     x_fc_recent_usage_ids = fields.Many2many(
         "fusion.billing.usage", string="Recent Usage", compute="_compute_x_fc_recent_usage_ids",
         help="Usage of the open and the last closed period (all periods: Usage History).")
@@ -103,6 +109,18 @@ class SaleOrder(models.Model):
                 "<table class='table table-sm'><thead><tr><th>Metric</th><th class='text-end'>Units</th>"
                 f"<th class='text-end'>Events</th><th class='text-end'>Amount</th></tr></thead><tbody>{rows}</tbody>"
                 f"<tfoot><tr><th colspan='3'>Total before tax</th><th class='text-end'>{total}</th></tr></tfoot></table>")
+
+    @api.depends("x_fc_billing_attempts")
+    def _compute_x_fc_billing_retry_stopped(self):
+        for order in self:
+            order.x_fc_billing_retry_stopped = order.x_fc_billing_attempts >= MAX_BILLING_ATTEMPTS
+
+    def action_fc_retry_billing(self):
+        """Retry Billing: the next run of the usage job tries these set-aside subscriptions again."""
+        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_user"):
+            raise AccessError(self.env._("Only Fusion Billing users may retry a subscription's billing."))
+        self.filtered("x_fc_billing_issue_at").sudo().write({"x_fc_billing_attempts": 0})
+        return True
 
     def _fc_portal_usage(self):
         """The open period's usage for the customer portal (plain values), or None."""

@@ -31,6 +31,10 @@ _logger = logging.getLogger(__name__)
 
 RUNNING = ("3_progress", "4_paused")
 BATCH_SIZE = 200
+# A subscription set aside this many times in a row is no longer retried by our job (about a day of
+# its hourly runs): it stays in Needs Attention until someone fixes it and presses Retry Billing.
+MAX_BILLING_ATTEMPTS = 24
+CLEARED = {"x_fc_billing_issue": False, "x_fc_billing_issue_at": False, "x_fc_billing_attempts": 0}
 
 # Subscriptions the native run invoices today, and what it will invoice with them: their own due
 # usage up to their invoice date, and the final usage of the orders they renewed.
@@ -53,6 +57,7 @@ NATIVE_CLAIM = """
 OTHER_CLAIM = """
     SELECT so.id FROM sale_order so JOIN fusion_billing_service service ON service.id = so.x_fc_service_id
      WHERE so.x_fc_usage_due_date <= %(today)s AND NOT so.id = ANY(%(skip)s)
+       AND COALESCE(so.x_fc_billing_attempts, 0) < %(max_attempts)s
        AND (service.billing_mode = 'shadow' OR so.state != 'sale' OR so.x_fc_billing_issue_at IS NOT NULL
             OR (so.x_fc_terminated_at <= %(now)s AND so.x_fc_successor_id IS NULL))
      ORDER BY so.x_fc_usage_due_date, so.partner_id, so.id
@@ -89,7 +94,8 @@ class BillingCycle:
     def close_outside_native_run(self, batch_size=BATCH_SIZE):
         """Close what the native run does not invoice (see the module docstring). False when out of time."""
         today = fields.Date.context_today(self.orders)
-        return self._claim_and_close(OTHER_CLAIM, {"today": today, "now": fields.Datetime.now()},
+        return self._claim_and_close(OTHER_CLAIM, {"today": today, "now": fields.Datetime.now(),
+                                                   "max_attempts": MAX_BILLING_ATTEMPTS},
                                      lambda _order: today, batch_size)
 
     def close_now(self, orders, bill=True):
@@ -154,9 +160,9 @@ class BillingCycle:
                     failed[order] = error
             self._set_aside(failed)
             done = orders - self.orders.browse([order.id for order in failed])
-            done.filtered("x_fc_billing_issue_at").sudo().write({"x_fc_billing_issue": False, "x_fc_billing_issue_at": False})
+            done.filtered("x_fc_billing_issue_at").sudo().write(CLEARED)
             return self.orders.browse([order.id for order in failed])
-        orders.filtered("x_fc_billing_issue_at").sudo().write({"x_fc_billing_issue": False, "x_fc_billing_issue_at": False})
+        orders.filtered("x_fc_billing_issue_at").sudo().write(CLEARED)
         return self.orders
 
     def _set_aside(self, failed):
@@ -166,7 +172,8 @@ class BillingCycle:
             reason = f"{type(error).__name__}: {reason.strip()}"[:2000]
             _logger.warning("Billing cycle: %s set aside: %s", order.name, reason)
             order.sudo().with_context(tracking_disable=True).write({
-                "x_fc_billing_issue": reason, "x_fc_billing_issue_at": now})
+                "x_fc_billing_issue": reason, "x_fc_billing_issue_at": now,
+                "x_fc_billing_attempts": order.x_fc_billing_attempts + 1})
 
     # ------------------------------------------------------------------ the close
     def _close(self, orders, until, bill=True):
@@ -263,6 +270,9 @@ class BillingCycle:
                 x_fc_delivery_state="pending")
             values.append(invoice)
         moves = self.env["account.move"].sudo().with_context(mail_create_nolog=True).create(values)
+        # Only credits left to bill (e.g. a plan change's credit, the new plan ended before its first
+        # invoice): a credit note, as Odoo's own final invoicing turns a negative invoice into one.
+        moves.filtered(lambda m: m.currency_id.compare_amounts(m.amount_total, 0) < 0).action_switch_move_type()
         moves.action_post()
         return moves
 
@@ -294,7 +304,7 @@ class BillingCycle:
         order = move.invoice_line_ids.sale_line_ids.order_id[:1]
         token = order.payment_token_id
         state = "done"
-        if token and move.currency_id.compare_amounts(move.amount_residual, 0) > 0:
+        if token and move.move_type == "out_invoice" and move.currency_id.compare_amounts(move.amount_residual, 0) > 0:
             transaction_model = self.env["payment.transaction"].sudo()
             try:
                 with self.env.cr.savepoint():

@@ -7,12 +7,13 @@ lifecycle. tests/ENTERPRISE_CHECKLIST.md lists the same checks by hand on a real
 """
 import importlib.util
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from unittest.mock import patch
 
 from freezegun import freeze_time
 
 from odoo import Command
+from odoo.exceptions import AccessError
 from odoo.tests import tagged
 from odoo.tools import file_path, mute_logger
 
@@ -498,6 +499,34 @@ class TestNativeLifecycle(UsageBillingCase):
             self.assertEqual(self.post_plan("sub_sh", "basic", "2025-02-02").status_code, 200,
                              "the external id is free again")
 
+    def test_a_final_period_of_credits_only_is_billed_as_a_credit_note(self):
+        """Upgraded to Max at 09:00 and terminated at 09:30, before Max's first invoice: the final period has
+        only the credit for Pro's unused days (an invoice cannot be negative). It comes back as a credit
+        note, e-mailed and never charged, and the subscription is not set aside (was: retried forever)."""
+        self._plan("max", "NexaCloud Max", 99.0)
+        order = self.subscribe("sub_neg", customer="cus_neg")
+        order.payment_token_id = self.stripe_token(order.partner_id)
+        with self.card_answers("done"):
+            self.recurring("2025-01-01 03:00:00")
+        upgraded = self.post_plan("sub_neg", "max", "2025-01-17 09:00:00").json()["subscription"]
+        new = self.env["sale.order"].browse(int(upgraded["lago_id"]))
+        with freeze_time("2025-01-17 09:30:00"):
+            self.assertEqual(self.api("DELETE", "subscriptions/sub_neg").status_code, 200)
+        self.assertFalse(new.x_fc_billing_issue, "not set aside")
+        refund = new.invoice_ids.filtered(lambda m: m.move_type == "out_refund")
+        self.assertEqual((refund.state, refund.amount_untaxed, refund.amount_total), ("posted", 23.71, 26.79))
+        self.assertEqual(refund.x_fc_account_link_id, order.x_fc_account_link_id)
+        self.assertFalse(new.order_line.filtered("x_fc_pending"), "the credit is given once")
+        with self.card_answers("done"):
+            self.close("2025-01-17 10:00:00")
+            self.close("2025-01-17 11:00:00")
+        self.assertEqual(refund.x_fc_delivery_state, "done")
+        self.assertFalse(refund.transaction_ids, "a credit note is never charged to the card")
+        self.assertEqual(new.invoice_ids, refund, "nothing else billed, nothing billed twice")
+        with freeze_time("2025-01-18"):
+            listed = self.api("GET", "customers/cus_neg/invoices").json()["invoices"]
+        self.assertIn(str(refund.id), [invoice["lago_id"] for invoice in listed if invoice["invoice_type"] == "credit"])
+
     def test_activation_at_cutover_invoices_nothing_before_the_next_invoice_date(self):
         self.service.billing_mode = "shadow"
         imported = self._create_subscription(
@@ -644,6 +673,38 @@ class TestBillingRunIsolation(UsageBillingCase):
         self.recurring("2025-03-01 03:00:00")
         march = poisoned.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 1))
         self.assertEqual(lines_of(march).mapped("price_subtotal"), [49.0, 1.0], "billed once, one period later")
+
+    def test_a_subscription_that_keeps_failing_is_retried_for_a_day_then_waits_for_a_person(self):
+        elsewhere = self.env["res.company"].create({"name": "Another company"})
+        misconfigured = self.env["product.product"].create({
+            "name": "Usage (misconfigured)", "type": "service", "company_id": elsewhere.id})
+        order = self.subscribe("sub_fail", customer="cus_fail")
+        self.recurring("2025-01-01 03:00:00")
+        self.push_january("sub_fail")
+        self.charge.product_id = misconfigured
+        with mute_logger("odoo.addons.fusion_centralize_billing.services.billing_cycle"):
+            with freeze_time("2025-01-20 10:00:00"):
+                self.api("DELETE", "subscriptions/sub_fail")
+            self.assertEqual(order.x_fc_billing_attempts, 1)
+            for hour in range(1, 30):  # the job's hourly runs
+                self.close(str(datetime(2025, 1, 20, 10) + timedelta(hours=hour)))
+        self.assertEqual(order.x_fc_billing_attempts, 24, "retried for a day, then no more")
+        self.assertEqual(order.x_fc_billing_issue_at, datetime(2025, 1, 21, 9), "the 24th attempt was the last")
+        self.assertTrue(order.x_fc_billing_retry_stopped)
+        self.assertIn("Usage (misconfigured)", order.x_fc_billing_issue)
+        self.assertEqual(order.invoice_ids.mapped("move_type"), ["out_invoice"], "January's fee only so far")
+
+        self.charge.product_id = self.usage_product  # fixed
+        self.close("2025-01-22 10:00:00")
+        self.assertTrue(order.x_fc_billing_issue, "not retried before someone asks")
+        with self.assertRaises(AccessError):
+            order.with_user(self.plain_user).action_fc_retry_billing()
+        order.with_user(self.billing_user).action_fc_retry_billing()
+        self.close("2025-01-22 11:00:00")
+        self.assertFalse(order.x_fc_billing_issue)
+        self.assertEqual(order.x_fc_billing_attempts, 0)
+        final = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 1, 22))
+        self.assertEqual(lines_of(final).mapped("price_subtotal"), [7.5, 6.0])
 
     def test_a_usage_row_a_late_event_created_meanwhile_does_not_fail_the_close(self):
         storage = self.env["fusion.billing.metric"].create({
