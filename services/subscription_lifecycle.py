@@ -259,14 +259,29 @@ class SubscriptionLifecycle:
         used at ``at``, prorated by days; None when nothing was paid ahead."""
         start, end = order.last_invoice_date, order.next_invoice_date
         recurring = order.order_line.filtered(lambda line: line.product_id.recurring_invoice and not line.x_fc_line_kind)
-        invoiced = recurring.invoice_lines.filtered(
-            lambda line: line.parent_state == "posted" and line.move_id.invoice_date == start)
-        paid = sum(line.price_subtotal * (-1 if line.move_id.move_type == "out_refund" else 1) for line in invoiced)
+        paid = self._paid_fee(order, recurring, start)
         remaining, total = periods.unused_fraction(start, end, at)
         if not paid or not remaining:
             return None
         amount = money.round_money(money.to_decimal(paid) * remaining / total, order.currency_id.decimal_places)
         return amount, at.date(), end - timedelta(days=1)
+
+    @staticmethod
+    def _paid_fee(order, recurring, start):
+        """The fee paid for the period that started on ``start``, net of its credit notes: each period's fee
+        is invoiced once, in advance, so it is on the latest posted invoice of the ``recurring`` order
+        lines, whatever day that invoice is dated (the recurring run may run late, a person may invoice
+        early). Nothing when that invoice is older than the previous period (this one was never invoiced)."""
+        lines = recurring.invoice_lines.filtered(lambda line: line.parent_state == "posted")
+        invoices = lines.move_id.filtered(lambda move: move.move_type == "out_invoice")
+        if not invoices:
+            return 0
+        latest = invoices.sorted(lambda move: (move.invoice_date, move.id))[-1]
+        plan = order.plan_id
+        if latest.invoice_date <= periods.add_period(start, plan.billing_period_unit, plan.billing_period_value, -1):
+            return 0
+        billed = lines.filtered(lambda line: latest in (line.move_id, line.move_id.reversed_entry_id))
+        return sum(line.price_subtotal * (-1 if line.move_id.move_type == "out_refund" else 1) for line in billed)
 
     def _credit(self, new, current, amount, first_day, last_day):
         """The unused part of the old plan's fee as a credit line on the new subscription's first

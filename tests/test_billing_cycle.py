@@ -12,7 +12,7 @@ from unittest.mock import patch
 
 from freezegun import freeze_time
 
-from odoo import Command
+from odoo import Command, fields
 from odoo.exceptions import AccessError
 from odoo.tests import tagged
 from odoo.tools import file_path, mute_logger
@@ -526,6 +526,39 @@ class TestNativeLifecycle(UsageBillingCase):
         with freeze_time("2025-01-18"):
             listed = self.api("GET", "customers/cus_neg/invoices").json()["invoices"]
         self.assertIn(str(refund.id), [invoice["lago_id"] for invoice in listed if invoice["invoice_type"] == "credit"])
+
+    def test_the_upgrade_credits_the_fee_paid_for_the_period_whatever_its_invoice_date(self):
+        """The credit is the fee paid for the period being served, found by the order line that bills it:
+        January's fee invoiced late (an engine dating invoices the day it runs, January 3) is credited; a
+        January fee dated January 1 and then credited in full (credit note of January 10) is not."""
+        self._plan("max", "NexaCloud Max", 99.0)
+        late = self.subscribe("sub_late", customer="cus_sub_late")
+        refunded = self.subscribe("sub_refunded", customer="cus_sub_refunded")
+        with freeze_time("2025-01-01 03:00:00"):
+            refunded._create_recurring_invoice()
+        with freeze_time("2025-01-10"):
+            refunded.invoice_ids._reverse_moves(cancel=True)
+        engine = type(self.env["sale.order"])
+        invoice_values = engine._stand_in_invoice_values
+
+        def dated_the_day_it_runs(order):
+            values = invoice_values(order)
+            if values:
+                values["invoice_date"] = fields.Date.context_today(order)
+            return values
+
+        with patch.object(engine, "_stand_in_invoice_values", dated_the_day_it_runs):
+            self.recurring("2025-01-03 03:00:00")
+        self.assertEqual(late.invoice_ids.invoice_date, date(2025, 1, 3))
+        self.assertEqual((late.last_invoice_date, late.next_invoice_date), (date(2025, 1, 1), date(2025, 2, 1)))
+        new = {}
+        for order in (late, refunded):
+            upgraded = self.post_plan(order.x_fc_external_id, "max", "2025-01-17 09:00:00").json()["subscription"]
+            new[order] = self.env["sale.order"].browse(int(upgraded["lago_id"]))
+        self.recurring("2025-01-17 10:00:00")
+        self.assertEqual(lines_of(new[late].invoice_ids).mapped("price_subtotal"), [99.0, -23.71])
+        self.assertEqual(lines_of(new[refunded].invoice_ids).mapped("price_subtotal"), [99.0],
+                         "January's fee was given back already: nothing is credited twice")
 
     def test_activation_at_cutover_invoices_nothing_before_the_next_invoice_date(self):
         self.service.billing_mode = "shadow"
