@@ -346,8 +346,9 @@ class FusionBillingService(models.Model):
             ("x_fc_service_id", "=", self.id), ("is_subscription", "=", True), ("state", "in", ("draft", "sent")),
             ("x_fc_terminated_at", "=", False)], order="id")
         left = drafts.filtered(lambda order: order._fc_never_billed())
-        orders = drafts - left
         today = fields.Date.context_today(self)
+        stale = (drafts - left).filtered(lambda order: order._fc_stale_import())
+        orders = drafts - left - stale
         confirmed = with_token = failed = in_trial = 0
         errors = []
         for offset in range(0, len(orders), batch_size):
@@ -373,6 +374,10 @@ class FusionBillingService(models.Model):
         not_billed = self.env._(
             " %(count)s left as drafts: Stripe does not bill them (incomplete: their first payment never went "
             "through), so Odoo never will.", count=len(left)) if left else ""
+        not_billed += self.env._(
+            " %(count)s left as drafts: their Date of Next Invoice has passed, so Stripe has billed them since "
+            "the import (%(names)s): import again, then activate again.", count=len(stale),
+            names=", ".join(stale[:20].mapped("name")) + (", …" if len(stale) > 20 else "")) if stale else ""
         self.message_post(body=self.env._(
             "Activation by %(user)s: %(confirmed)s subscriptions confirmed (%(trials)s in trial, first invoiced "
             "when their trial ends; %(token)s with a saved payment method), %(failed)s failed.%(not_billed)s"
@@ -381,8 +386,8 @@ class FusionBillingService(models.Model):
         return {"type": "ir.actions.client", "tag": "display_notification", "params": {
             "title": self.env._("Subscriptions activated"),
             "message": self.env._("%(confirmed)s confirmed, %(failed)s failed, %(left)s left as drafts (see the "
-                                  "chatter).", confirmed=confirmed, failed=failed, left=len(left)),
-            "type": "warning" if failed else "success", "sticky": bool(failed)}}
+                                  "chatter).", confirmed=confirmed, failed=failed, left=len(left) + len(stale)),
+            "type": "warning" if failed or stale else "success", "sticky": bool(failed or stale)}}
 
     @api.model
     def _authenticate(self, plaintext):

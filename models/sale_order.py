@@ -5,7 +5,7 @@ from datetime import datetime, time, timedelta
 from markupsafe import Markup
 
 from odoo import api, fields, models
-from odoo.exceptions import AccessError
+from odoo.exceptions import AccessError, UserError
 
 from ..core import errors, lago, money, nexacloud, periods, reconcile
 from ..services.billing_cycle import MAX_BILLING_ATTEMPTS, BillingCycle, last_served_day
@@ -436,12 +436,23 @@ class SaleOrder(models.Model):
             values.update(x_fc_service_id=self.x_fc_service_id.id, x_fc_account_link_id=self.x_fc_account_link_id.id)
         return values
 
+    def _fc_stale_import(self):
+        """An imported draft whose Date of Next Invoice has passed: the app (Stripe) has billed that
+        renewal since the import, so confirming it would bill the same period again."""
+        self.ensure_one()
+        return bool(self.next_invoice_date) and self.next_invoice_date < fields.Date.context_today(self)
+
     def _fc_activate(self):
         """Confirm an imported draft at cutover. The app billed the current period (in advance), so
         Odoo invoices nothing before the imported Date of Next Invoice, and earlier usage periods
         were the app's to bill. A trial bills nothing before it ends: its first invoice is on its
-        end (the imported Date of Next Invoice), and the usage periods before it are never billed."""
+        end (the imported Date of Next Invoice), and the usage periods before it are never billed.
+        A draft whose Date of Next Invoice has passed is refused: import it again first."""
         self.ensure_one()
+        if self._fc_stale_import():
+            raise UserError(self.env._(
+                "%(order)s: its Date of Next Invoice (%(date)s) has passed, so the app has billed it since the "
+                "import. Import it again before activating it.", order=self.name, date=self.next_invoice_date))
         imported_next = self.next_invoice_date
         self.action_confirm()
         if imported_next and self.next_invoice_date != imported_next:

@@ -13,7 +13,7 @@ from unittest.mock import patch
 from freezegun import freeze_time
 
 from odoo import Command, fields
-from odoo.exceptions import AccessError
+from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
 from odoo.tools import file_path, mute_logger
 
@@ -581,6 +581,35 @@ class TestNativeLifecycle(UsageBillingCase):
         self.recurring("2025-02-10 03:00:00")
         self.assertEqual(lines_of(imported.invoice_ids).mapped("price_subtotal"), [49.0, 5.0])
         self.assertIn("(2025-01-10 to 2025-02-09)", lines_of(imported.invoice_ids)[1].name)
+
+    def test_activation_refuses_drafts_whose_next_invoice_date_has_passed(self):
+        """Imported in December (next invoice January 10), activated on January 20: Stripe renewed it on
+        January 10, so confirming it would bill January 10 to February 9 again. It stays a draft and the
+        service says to import again; once imported again (next invoice February 10) it is activated."""
+        self.service.billing_mode = "shadow"
+        values = dict(start_date="2024-03-10", order_line=[Command.create(self.plan._fc_base_fee_line_values())])
+        stale = self._create_subscription(external_id="sub_stale", next_invoice_date="2025-01-10", **values)
+        fresh = self._create_subscription(external_id="sub_fresh", next_invoice_date="2025-02-10", **values)
+        self.service.billing_mode = "live"
+        with freeze_time("2025-01-20 09:00:00"):
+            result = self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.assertEqual((stale.state, fresh.state), ("draft", "sale"))
+        message = self.service.message_ids[0].body
+        self.assertIn("1 subscriptions confirmed", message)
+        self.assertIn("1 left as drafts: their Date of Next Invoice has passed, so Stripe has billed them since the "
+                      f"import ({stale.name}): import again, then activate again.", message)
+        self.assertEqual(result["params"]["type"], "warning")
+        self.recurring("2025-01-20 10:00:00")
+        self.assertFalse(stale.invoice_ids, "Stripe's January 10 renewal is not billed again")
+        with freeze_time("2025-01-20 11:00:00"), self.assertRaisesRegex(UserError, "Import it again"):
+            stale._fc_activate()
+
+        stale.next_invoice_date = "2025-02-10"  # imported again
+        with freeze_time("2025-01-21 09:00:00"):
+            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.assertEqual(stale.state, "sale")
+        self.recurring("2025-02-10 03:00:00")
+        self.assertEqual(lines_of(stale.invoice_ids).mapped("price_subtotal"), [49.0])
 
     def test_an_imported_trial_bills_nothing_until_its_first_paid_renewal(self):
         """A one-month trial copied from Stripe (Jan 3 to Feb 3): activated during its trial, Odoo's first
