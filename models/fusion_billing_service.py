@@ -266,13 +266,15 @@ class FusionBillingService(models.Model):
             "domain": [("x_fc_service_id", "=", self.id), ("is_subscription", "=", True)],
         }
 
-    def _fc_pricelist(self, currency=None):
-        """The pricelist this service's subscriptions use: one in the service's currency (or ``currency``)."""
+    def _fc_pricelist(self, currency=None, create=True):
+        """The pricelist this service's subscriptions use: one in the service's currency (or ``currency``);
+        created if there is none (``create=False``: empty then)."""
         self.ensure_one()
         currency = currency or self.currency_id
         pricelist_model = self.env["product.pricelist"].sudo()
         domain = [("currency_id", "=", currency.id), ("company_id", "in", (False, self.company_id.id))]
-        return pricelist_model.search(domain, limit=1) or pricelist_model.create({
+        found = pricelist_model.search(domain, limit=1)
+        return found if found or not create else pricelist_model.create({
             "name": f"{self.name} ({currency.name})", "currency_id": currency.id, "company_id": self.company_id.id})
 
     # ------------------------------------------------------------------ dual run and cutover

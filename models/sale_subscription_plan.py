@@ -42,15 +42,18 @@ class SaleSubscriptionPlan(models.Model):
     # sales/subscriptions.rst; technical names from public Odoo code (odoo/odoo PR #255303, the
     # odoo/tutorials pricelist_refactor_subscription prototype). See tests/ENTERPRISE_CHECKLIST.md.
     def _fc_base_fee_rules(self):
-        """The plan's recurring price rules for its base fee product (best first: plan currency)."""
+        """The plan's recurring price rules for its base fee product in the plan's currency (best first:
+        the service's pricelist). Rules in another currency (the plan's former one) price the orders
+        already sold in it and are never read or rewritten as this plan's fee."""
         self.ensure_one()
         if not self.x_fc_product_id or not self.id:
             return self.env["product.pricelist.item"]
+        currency = self._fc_currency()
         rules = self.env["product.pricelist.item"].sudo().search([
             ("plan_id", "=", self.id), ("product_tmpl_id", "=", self.x_fc_product_id.product_tmpl_id.id),
-            ("compute_price", "=", "fixed"), ("pricelist_id", "!=", False)], order="id")
-        currency = self._fc_currency()
-        return rules.sorted(lambda rule: rule.pricelist_id.currency_id != currency)
+            ("compute_price", "=", "fixed"), ("pricelist_id.currency_id", "=", currency.id)], order="id")
+        pricelist = self.x_fc_service_id._fc_pricelist(currency, create=False) if self.x_fc_service_id else None
+        return rules.sorted(lambda rule: rule.pricelist_id != pricelist)
 
     @api.depends("x_fc_product_id", "x_fc_currency_id", "x_fc_service_id")
     def _compute_x_fc_amount(self):

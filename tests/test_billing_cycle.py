@@ -155,6 +155,34 @@ class TestUsageOnTheRecurringInvoice(UsageBillingCase):
         self.assertEqual(self.api("GET", "plans/maps-usd").json()["plan"]["amount_cents"], 3000)
         self.assertEqual(plan._fc_base_fee(), 30)
 
+    def test_a_plan_moved_to_another_currency_gets_its_own_recurring_price(self):
+        """A CAD plan sold in USD from now on: its base fee becomes a USD price rule (orders on the USD
+        pricelist are priced by it, not at the product's list price), and the CAD rule that prices the
+        CAD subscriptions already sold stays as it was, even when the USD fee changes."""
+        usd = self.env.ref("base.USD")
+        usd.active = True
+        product = self.env["product.product"].create({
+            "name": "NexaMaps API", "type": "service", "list_price": 0, "recurring_invoice": True})
+        plan = self.env["sale.subscription.plan"].create({
+            "name": "NexaMaps API (monthly)", "x_fc_service_id": self.service.id, "x_fc_plan_code": "maps",
+            "x_fc_currency_id": self.cad.id, "x_fc_product_id": product.id, "x_fc_amount": 25.0})
+        in_cad = self.subscribe("sub_cad", customer="cus_cad", plan_code="maps")
+        cad_rule = plan._fc_base_fee_rules()
+
+        plan.x_fc_currency_id = usd
+        self.assertEqual(plan.x_fc_amount, 25.0)
+        self.assertEqual(plan._fc_base_fee_rules().pricelist_id.currency_id, usd)
+        in_usd = self.subscribe("sub_usd", customer="cus_usd", plan_code="maps")
+        self.assertEqual((in_usd.currency_id, in_usd.order_line.price_unit), (usd, 25.0))
+        in_usd.action_update_prices()
+        self.assertEqual(in_usd.order_line.price_unit, 25.0, "priced by the USD rule")
+        plan.x_fc_amount = 27.0
+        self.assertEqual((cad_rule.fixed_price, cad_rule.pricelist_id.currency_id), (25.0, self.cad),
+                         "the CAD rule is left alone")
+        in_cad.action_update_prices()
+        in_usd.action_update_prices()
+        self.assertEqual((in_cad.order_line.price_unit, in_usd.order_line.price_unit), (25.0, 27.0))
+
     def test_form_and_portal_stay_readable_after_two_years(self):
         order = self.subscribe("sub_long", customer="cus_long")
         day = date(2025, 1, 1)
