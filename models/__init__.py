@@ -20,6 +20,7 @@ from . import ir_http
 from . import sale_subscription_plan
 from . import sale_order
 from . import sale_order_line
+from . import product_template
 from . import account_move
 from . import account_partial_reconcile
 from . import account_analytic_distribution_model

@@ -44,9 +44,9 @@ class FusionBillingCharge(models.Model):
         "fusion.billing.metric", required=True, ondelete="restrict", index=True, tracking=True,
         check_company=True, domain="[('service_id', '=', service_id)]")
     product_id = fields.Many2one(
-        "product.product", string="Invoice Product", tracking=True,
-        help="Product of the usage invoice line: its income account and taxes (HST) apply. "
-             "Empty: the generic 'Metered usage' product.")
+        "product.product", string="Invoice Product", tracking=True, domain=[("recurring_invoice", "=", False)],
+        help="Product of the usage invoice line: its income account and taxes (HST) apply; never a recurring "
+             "product (Odoo would bill it again every period). Empty: the generic 'Metered usage' product.")
     included_quantity = fields.Float(
         digits=(16, 6), tracking=True,
         help="Units included in the plan each period; only usage above it is priced.")
@@ -94,6 +94,14 @@ class FusionBillingCharge(models.Model):
                 raise ValidationError(self.env._(
                     "Charge '%(name)s' has invalid %(model)s pricing: %(details)s",
                     name=charge.name, model=charge.charge_model, details=details))
+
+    @api.constrains("product_id")
+    def _check_product_not_recurring(self):
+        for charge in self.filtered("product_id.recurring_invoice"):
+            raise ValidationError(self.env._(
+                "Charge '%(name)s': its invoice product %(product)s is a recurring (subscription) product, which "
+                "Odoo's recurring run would bill again every period. Choose a product that is not recurring.",
+                name=charge.name, product=charge.product_id.display_name))
 
     @api.onchange("plan_id")
     def _onchange_plan_id(self):

@@ -72,6 +72,21 @@ class TestFoundation(FusionBillingCase):
         with self.assertRaises(ValidationError):
             self.charge.properties_text = "{not json"
 
+    def test_usage_is_never_billed_by_a_recurring_product(self):
+        """A recurring (subscription) product on a usage line would be billed again every period by Odoo's
+        recurring run: a charge's product never is one, nor becomes one while a charge uses it."""
+        usage = self.env["product.product"].create({"name": "Bandwidth overage", "type": "service"})
+        self.charge.product_id = usage
+        with self.assertRaisesRegex(ValidationError, "recurring"):
+            self.charge.product_id = self.base_product
+        with self.assertRaisesRegex(ValidationError, "Bandwidth overage"):
+            usage.recurring_invoice = True
+        with self.assertRaisesRegex(ValidationError, "Metered usage"):
+            self.env.ref("fusion_centralize_billing.product_metered_usage").recurring_invoice = True
+        self.charge.product_id = False  # the metered usage product; the former one is free again
+        usage.recurring_invoice = True
+        self.assertTrue(usage.recurring_invoice)
+
     @mute_logger("odoo.sql_db")
     def test_one_active_charge_per_plan_and_metric(self):
         with self.assertRaises(IntegrityError), self.env.cr.savepoint():
