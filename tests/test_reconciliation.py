@@ -3,6 +3,8 @@ run to run, the importer's banner, the cutover confirmation, and the daily job's
 import json
 from datetime import date, datetime
 
+from freezegun import freeze_time
+
 from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
 from odoo.tools import mute_logger
@@ -317,10 +319,11 @@ class TestReconciliationWhereOdooBillsWhatTheAppBilled(NexacloudSourceCase):
         self.assertEqual(sum(rows.mapped("app_amount")), 19 * 4 + 190 * 4 + 25)
         orders = self.env["sale.order"].search([("x_fc_service_id", "=", self.service.id)])
         self.assertNotIn(sid("s", 13), orders.mapped("x_fc_external_id"), "an incomplete subscription is skipped")
-        wizard = self.env["fusion.billing.cutover.wizard"].with_user(self.billing_admin).create(
-            {"service_id": self.service.id})
-        self.assertFalse(wizard.needs_acknowledgement, "nothing to acknowledge when every row matches")
-        wizard.action_confirm()
+        with freeze_time("2026-12-02"):  # November is the last month
+            wizard = self.env["fusion.billing.cutover.wizard"].with_user(self.billing_admin).create(
+                {"service_id": self.service.id})
+            self.assertFalse(wizard.needs_acknowledgement, "nothing to acknowledge when every row matches")
+            wizard.action_confirm()
         self.assertEqual(self.service.billing_mode, "live")
 
 
@@ -499,3 +502,45 @@ class TestReconciliationApi(FusionBillingApiCase):
         unauthorised = self.url_open(f"{self.API}/reconciliation/app_bills", data=json.dumps(body),
                                      headers={"Content-Type": "application/json"}, method="POST")
         self.assertEqual(unauthorised.status_code, 401)
+
+
+@tagged("post_install", "-at_install")
+class TestCutoverNeedsLastMonthReconciled(FusionBillingCase):
+    """Switch to Live clears without an acknowledgement only on a clean reconciliation of the last month
+    that is also the latest attempt: never on older figures shown because the latest attempt failed or
+    the last month was not reconciled."""
+
+    def reconciled(self, month, run_at, state="done", real=0):
+        return self.env["fusion.billing.reconciliation.run"].create({
+            "service_id": self.service.id, "period_start": month, "period_end": periods.add_period(month, "month", 1),
+            "run_at": run_at, "state": state, "row_count": 10, "match_count": 10 - real, "real_count": real,
+            "error": "The source database is unreachable." if state == "failed" else False})
+
+    def wizard(self):
+        return self.env["fusion.billing.cutover.wizard"].with_user(self.billing_admin).create(
+            {"service_id": self.service.id})
+
+    def test_older_figures_are_never_a_clean_reconciliation(self):
+        with freeze_time("2026-12-05 10:00:00"):
+            november = self.reconciled(date(2026, 11, 1), "2026-12-01 02:00:00")
+            self.assertFalse(self.wizard().needs_acknowledgement, "November, the last month, all matches")
+            self.reconciled(date(2026, 11, 1), "2026-12-02 02:00:00", state="failed")
+            failed = self.wizard()
+            self.assertEqual((failed.run_id, failed.last_attempt_failed, failed.needs_acknowledgement),
+                             (november, True, True))
+            with self.assertRaisesRegex(UserError, "the latest reconciliation attempt failed"):
+                failed.action_confirm()
+        self.assertEqual(self.service.billing_mode, "shadow")
+
+        with freeze_time("2027-01-10 10:00:00"):
+            self.reconciled(date(2026, 11, 1), "2027-01-02 02:00:00")  # November again; December never
+            outdated = self.wizard()
+            self.assertEqual((outdated.last_attempt_failed, outdated.run_outdated), (False, True))
+            with self.assertRaisesRegex(UserError, r"the last month was not reconciled \(the latest figures are for "
+                                                   r"2026-11-01\)"):
+                outdated.action_confirm()
+            self.assertEqual(self.service.billing_mode, "shadow")
+            outdated.acknowledged = True
+            outdated.action_confirm()
+        self.assertEqual(self.service.billing_mode, "live")
+        self.assertIn("acknowledged: the last month was not reconciled", self.service.message_ids[0].body)

@@ -1,7 +1,7 @@
 from odoo import api, fields, models
 from odoo.exceptions import UserError
 
-from ..core import reconcile
+from ..core import periods, reconcile
 
 
 class FusionBillingCutoverWizard(models.TransientModel):
@@ -21,6 +21,8 @@ class FusionBillingCutoverWizard(models.TransientModel):
     period_start = fields.Date(compute="_compute_figures", string="Latest reconciled period")
     run_at = fields.Datetime(compute="_compute_figures", string="Reconciled on")
     last_attempt_failed = fields.Boolean(compute="_compute_figures")
+    run_outdated = fields.Boolean(compute="_compute_figures",
+                                  help="The figures are from a month before the last one (the last month was not reconciled).")
     line_ids = fields.Many2many("fusion.billing.reconciliation.run.line", compute="_compute_figures",
                                 string="Figures by reason")
     row_count = fields.Integer(compute="_compute_figures", string="Rows")
@@ -33,11 +35,13 @@ class FusionBillingCutoverWizard(models.TransientModel):
     needs_acknowledgement = fields.Boolean(compute="_compute_figures")
     acknowledged = fields.Boolean(
         string="I have reviewed these differences and switch to live anyway",
-        help="Required when the latest reconciliation shows real differences (not timing), or when there is none.")
+        help="Required when the latest reconciliation shows real differences (not timing), when there is none, "
+             "when the latest attempt failed, or when the last month was not reconciled.")
 
     @api.depends("service_id")
     def _compute_figures(self):
         Run = self.env["fusion.billing.reconciliation.run"]
+        last_month = periods.add_period(fields.Date.context_today(self).replace(day=1), "month", 1, -1)
         for wizard in self:
             latest = Run.search([("service_id", "=", wizard.service_id.id)], limit=1)
             run = latest if latest.state == "done" else Run.search(
@@ -46,18 +50,37 @@ class FusionBillingCutoverWizard(models.TransientModel):
             wizard.update({name: run[name] for name in ("period_start", "run_at", "row_count", "match_count",
                                                         "real_count", "real_amount", "timing_count", "timing_amount")})
             wizard.last_attempt_failed = latest.state == "failed"
+            wizard.run_outdated = bool(run) and run.period_start < last_month
             wizard.line_ids = run.line_ids.filtered("count")
-            wizard.needs_acknowledgement = not run or bool(run.real_count)
+            # Figures from an older month, or behind a failed attempt, say nothing about today's differences.
+            wizard.needs_acknowledgement = not run or bool(run.real_count) or wizard.last_attempt_failed \
+                or wizard.run_outdated
+
+    def _fc_unreviewed(self):
+        """Why the figures shown do not clear the switch (empty: they do)."""
+        self.ensure_one()
+        run, reasons = self.run_id, []
+        if not run:
+            reasons.append(self.env._("the service was never reconciled"))
+        if self.last_attempt_failed:
+            reasons.append(self.env._("the latest reconciliation attempt failed"))
+        if self.run_outdated:
+            reasons.append(self.env._("the last month was not reconciled (the latest figures are for %s)",
+                                      run.period_start))
+        if run.real_count:
+            reasons.append(self.env._("%(count)s real differences (%(amount).2f %(currency)s) that timing does not "
+                                      "explain", count=run.real_count, amount=run.real_amount,
+                                      currency=self.service_id.currency_id.name))
+        return reasons
 
     def action_confirm(self):
         self.ensure_one()
         service = self.service_id
+        unreviewed = "; ".join(self._fc_unreviewed())
         if self.needs_acknowledgement and not self.acknowledged:
             raise UserError(self.env._(
-                "The latest reconciliation of %(service)s shows %(count)s real differences (%(amount).2f %(currency)s) "
-                "that timing does not explain, or there is none: review them, then tick the acknowledgement to "
-                "switch to live.", service=service.name, count=self.real_count, amount=self.real_amount,
-                currency=service.currency_id.name))
+                "%(service)s: %(reasons)s. Review this, then tick the acknowledgement to switch to live.",
+                service=service.name, reasons=unreviewed))
         run = self.run_id
         figures = "; ".join(
             f"{reconcile.REASONS[line.reason][0]}: {line.count} ({line.amount:.2f} {line.currency_id.name})"
@@ -70,6 +93,6 @@ class FusionBillingCutoverWizard(models.TransientModel):
             run_at=run.run_at or self.env._("never"), rows=run.row_count, match=run.match_count, real=run.real_count,
             real_amount=run.real_amount, timing=run.timing_count, timing_amount=run.timing_amount,
             currency=service.currency_id.name, figures=figures,
-            ack=(" " + self.env._("%s acknowledged the unexplained real differences.", self.env.user.name))
+            ack=(" " + self.env._("%(user)s acknowledged: %(reasons)s.", user=self.env.user.name, reasons=unreviewed))
             if self.needs_acknowledgement else ""))
         return {"type": "ir.actions.act_window_close"}
