@@ -231,7 +231,7 @@ class TestNativeLifecycle(UsageBillingCase):
             by_ui.set_close(close_reason_id=reason.id)  # the Close button's wizard
             self.url_open(f"/my/subscriptions/{by_portal.id}/close", data={
                 "access_token": by_portal._portal_ensure_token(), "close_reason_id": reason.id})
-            expiring.end_date = date(2025, 1, 20)
+            expiring.end_date = date(2025, 1, 19)  # served to the end of January 19: past it today
             self.env["sale.order"]._cron_subscription_expiration()
         self.env.invalidate_all()
 
@@ -248,11 +248,13 @@ class TestNativeLifecycle(UsageBillingCase):
             final = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 1, 20))
             self.assertEqual((final.state, lines_of(final).mapped("price_subtotal")), ("posted", [10.0]),
                              "300 GB, 200 above the quota, on a standalone final invoice")
-            self.assertIn("(2025-01-01 to 2025-01-20)", final.invoice_line_ids.name)
+            last_day = "2025-01-19" if order == expiring else "2025-01-20"
+            self.assertIn(f"(2025-01-01 to {last_day})", final.invoice_line_ids.name)
             self.assertEqual(final.x_fc_delivery_state, "done", "sent (no saved card to charge)")
         self.assertEqual(by_ui.close_reason_id, reason)
-        self.assertEqual({order.x_fc_terminated_at for order in (by_ui, by_portal, expiring)},
-                         {datetime(2025, 1, 20, 10)}, "closed when Odoo closed them")
+        self.assertEqual([order.x_fc_terminated_at for order in (by_ui, by_portal, expiring)],
+                         [datetime(2025, 1, 20, 10)] * 2 + [datetime(2025, 1, 20)],
+                         "closed when Odoo closed them; an expired one at the end of its end date")
 
         self.recurring("2025-02-01 03:00:00")
         self.close("2025-02-01 04:00:00")
@@ -263,6 +265,25 @@ class TestNativeLifecycle(UsageBillingCase):
         unbillable = self.api("GET", "events", params={"status": "unbillable"}).json()["events"]
         self.assertEqual(sorted(e["transaction_id"] for e in unbillable),
                          ["sub_exp-late", "sub_portal-late", "sub_ui-late"])
+
+    def test_expiry_closes_after_the_end_date_which_is_served_in_full(self):
+        """Odoo closes a subscription once its end date has passed (scheduled_actions.rst): usage on the end
+        date itself is the subscription's, billed on its final invoice."""
+        order = self.subscribe("sub_end", customer="cus_end")
+        self.recurring("2025-01-01 03:00:00")
+        self.push("sub_end", "end-day", (2025, 1, 20, 18), 300)
+        order.end_date = date(2025, 1, 20)
+        with freeze_time("2025-01-20 10:00:00"):
+            self.env["sale.order"]._cron_subscription_expiration()
+        self.assertEqual(order.subscription_state, "3_progress", "its end date has not passed")
+        with freeze_time("2025-01-21 01:00:00"):
+            self.env["sale.order"]._cron_subscription_expiration()
+        self.env.invalidate_all()
+        self.assertEqual((order.subscription_state, order.x_fc_terminated_at), ("6_churn", datetime(2025, 1, 21)))
+        self.close("2025-01-21 02:00:00")
+        final = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 1, 21))
+        self.assertEqual(lines_of(final).mapped("price_subtotal"), [10.0], "the end date's usage is billed")
+        self.assertIn("(2025-01-01 to 2025-01-20)", final.invoice_line_ids.name)
 
     def test_renewal_and_upsell_orders_carry_the_app_ids(self):
         order = self.subscribe("sub_ren", customer="cus_ren")

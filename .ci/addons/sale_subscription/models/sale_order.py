@@ -140,10 +140,11 @@ class SaleOrder(models.Model):
     @api.model
     def _cron_subscription_expiration(self):
         """DOC scheduled_actions.rst "Subscriptions expiration": closes subscriptions whose end date
-        has passed, and unpaid ones past the plan's Automatic Closing days."""
+        has passed (the day after it: the end date itself is served), and unpaid ones past the
+        plan's Automatic Closing days."""
         today = fields.Date.context_today(self)
         self.search([("subscription_state", "=", "3_progress"), ("end_date", "!=", False),
-                     ("end_date", "<=", today)]).set_close()
+                     ("end_date", "<", today)]).set_close()
         unpaid = self.env["account.move"].search([
             ("move_type", "=", "out_invoice"), ("state", "=", "posted"),
             ("payment_state", "in", ("not_paid", "partial")),
@@ -312,7 +313,12 @@ class SaleOrder(models.Model):
         return invoices
 
     def _stand_in_advance(self):
-        """DOC scheduled_actions.rst: the Recurring Plan moves the Date of Next Invoice one period on."""
+        """DOC scheduled_actions.rst: the Recurring Plan moves the Date of Next Invoice one period on.
+
+        ASSUMED (the documentation does not say how month ends are handled): one period is added to
+        the current Date of Next Invoice (``relativedelta``), so a date clipped to a short month stays
+        clipped: a subscription started on January 31 is next invoiced on February 28, then March 28.
+        Listed in ../../README.md; tests/ENTERPRISE_CHECKLIST.md checks it on a real database."""
         groups = {}
         for order in self:
             key = (order.next_invoice_date, order.next_invoice_date + order._stand_in_period())
