@@ -538,11 +538,17 @@ class SaleOrder(models.Model):
         return values
 
     def _get_invoice_grouping_keys(self, *args, **kwargs):
-        """Never one usage invoice for two app accounts (e.g. two accounts sharing a contact): the
-        API lists an account's invoices, and each must bill that account only. (The period close
-        groups orders by these fields; Odoo's own grouping reads them from invoice values, which
-        do not carry it, so it is unaffected.)"""
+        """Never one invoice for two app accounts (e.g. two accounts sharing a contact), when Odoo
+        invoices several orders at once (*Create Invoice*): the API lists an account's invoices, and
+        each must bill that account only. Odoo groups by these keys of the invoice values, which
+        carry the account (``_prepare_invoice``)."""
         return super()._get_invoice_grouping_keys(*args, **kwargs) + ["x_fc_account_link_id"]
+
+    def _prepare_invoice(self, *args, **kwargs):
+        values = super()._prepare_invoice(*args, **kwargs)
+        if self.x_fc_account_link_id and isinstance(values, dict):
+            values["x_fc_account_link_id"] = self.x_fc_account_link_id.id
+        return values
 
     def _fc_notify(self, webhook_type):
         """Queue an outbound webhook about these records to their app."""

@@ -170,6 +170,24 @@ class TestIdentityApi(FusionBillingApiCase):
         self.customer(key=desk_key, external_id="desk_alice", email="ALICE@client.example")
         self.assertEqual(self.link("desk_alice", desk).partner_id, alice)
 
+    def test_invoicing_the_orders_of_accounts_sharing_a_contact_at_once_bills_each_account_apart(self):
+        """*Create Invoice* on several orders groups them by contact: never two app accounts on one
+        invoice (it would belong to neither, and neither app could list it)."""
+        self.service.billing_mode = "live"
+        orders = self.env["sale.order"]
+        for account in ("acc_c", "acc_d"):
+            self.customer(external_id=account, email="shared@client.example")
+            response = self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": account, "plan_code": "pro", "external_id": f"sub_{account}"}})
+            orders |= self.env["sale.order"].browse(int(response.json()["subscription"]["lago_id"]))
+        self.assertEqual(len(orders.partner_id), 1)
+        invoices = orders._create_invoices()
+        self.assertEqual(len(invoices), 2)
+        self.assertEqual(set(invoices.mapped("x_fc_account_link_id")), set(orders.mapped("x_fc_account_link_id")))
+        for invoice in invoices:
+            self.assertEqual(invoice.invoice_line_ids.sale_line_ids.order_id.x_fc_account_link_id,
+                             invoice.x_fc_account_link_id)
+
 
 @tagged("post_install", "-at_install")
 class TestIdentityImport(NexacloudSourceCase):
