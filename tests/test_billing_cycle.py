@@ -714,6 +714,33 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertEqual((copied.x_fc_trial_end, active.x_fc_trial_end), (date(2025, 2, 3), False))
         self.assertEqual(copied._fc_renewals(date(2025, 1, 1), date(2025, 3, 1)), (date(2025, 2, 3),))
 
+    def test_fees_of_plans_without_a_product_or_service_are_reported_and_kept_on_upgrade(self):
+        """Migration 19.0.1.1.0: a former base fee becomes the plan's recurring price rule; a plan without a
+        base fee product or service cannot have one: its fee is reported (the service's chatter) and kept,
+        not dropped with the former column."""
+        complete = self._plan("old_full", "Old Full", 0.0)
+        no_product = self.env["sale.subscription.plan"].create(
+            {"name": "Old Legacy", "x_fc_service_id": self.service.id, "x_fc_plan_code": "old_legacy"})
+        no_service = self.env["sale.subscription.plan"].create({"name": "Old Orphan"})
+        self.env.flush_all()
+        self.env.cr.execute("ALTER TABLE sale_subscription_plan ADD COLUMN x_fc_amount_before_1_1 numeric")
+        for plan, amount in ((complete, 29), (no_product, 12.5), (no_service, 7)):
+            self.env.cr.execute("UPDATE sale_subscription_plan SET x_fc_amount_before_1_1 = %s WHERE id = %s",
+                                [amount, plan.id])
+        path = file_path("fusion_centralize_billing/migrations/19.0.1.1.0/post-migrate.py")
+        spec = importlib.util.spec_from_file_location("fc_migrate_1_1", path)
+        migration = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(migration)
+        with self.assertLogs("fc_migrate_1_1", "WARNING") as logged:
+            migration.migrate(self.env.cr, "19.0.1.0.0")
+        self.env.invalidate_all()
+        self.assertEqual(complete.x_fc_amount, 29.0)
+        self.env.cr.execute("SELECT id, x_fc_amount_before_1_1 FROM sale_subscription_plan "
+                            "WHERE x_fc_amount_before_1_1 IS NOT NULL")
+        self.assertEqual(dict(self.env.cr.fetchall()), {no_product.id: 12.5, no_service.id: 7}, "kept")
+        self.assertIn("Old Legacy: 12.50", self.service.message_ids[0].body)
+        self.assertEqual(len(logged.records), 2, "both reported")
+
     def test_activation_never_confirms_what_stripe_does_not_bill(self):
         """A draft copied from an incomplete Stripe subscription (its first payment never went through; an
         earlier import copied them) stays a draft: activation says so, and Odoo never bills it."""
