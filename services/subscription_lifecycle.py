@@ -72,7 +72,7 @@ class SubscriptionLifecycle:
             order.x_fc_terminated_at = now
             order.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
             if status == "pending":
-                order.with_context(disable_cancel_warning=True).action_cancel()
+                self._cancel(order)
                 predecessor = self.orders.search([("x_fc_successor_id", "=", order.id)])
                 if predecessor:  # the app cancelled the plan change it had scheduled: its plan goes on
                     self._resume(predecessor)
@@ -99,9 +99,16 @@ class SubscriptionLifecycle:
         if successor:
             successor.x_fc_terminated_at = fields.Datetime.now()
             successor.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
-            successor.with_context(disable_cancel_warning=True).action_cancel()
+            self._cancel(successor)
             self._resume(order)
         return successor
+
+    @staticmethod
+    def _cancel(order):
+        """Cancel a subscription that has not started (a confirmed one is locked under *Lock Confirmed Sales*)."""
+        if order.locked:
+            order.action_unlock()
+        order.with_context(disable_cancel_warning=True).action_cancel()
 
     def _resume(self, order):
         """``order`` no longer ends at its period end: nothing continues it, it bills on as before."""
