@@ -491,6 +491,7 @@ class TestNativeLifecycle(UsageBillingCase):
             self.assertEqual((scheduled["plan_code"], scheduled["next_plan_code"]), ("pro", "basic"))
         basics = {name: order.x_fc_successor_id for name, order in orders.items()}
         self.assertEqual(set(basics["gone"].mapped("plan_id.x_fc_plan_code")), {"basic"})
+        basics["gone"].action_lock()  # as Lock Confirmed Sales does on confirmation
 
         with freeze_time("2025-01-15 09:00:00"):
             gone = self.api("DELETE", "subscriptions/sub_gone")
