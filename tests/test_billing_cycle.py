@@ -269,6 +269,7 @@ class TestNativeLifecycle(UsageBillingCase):
     def test_expiry_closes_after_the_end_date_which_is_served_in_full(self):
         """Odoo closes a subscription once its end date has passed (scheduled_actions.rst): usage on the end
         date itself is the subscription's, billed on its final invoice."""
+        self.plan.auto_close_limit = 0  # January's invoice stays unpaid: no Automatic Closing
         order = self.subscribe("sub_end", customer="cus_end")
         self.recurring("2025-01-01 03:00:00")
         self.push("sub_end", "end-day", (2025, 1, 20, 18), 300)
@@ -554,12 +555,13 @@ class TestNativeLifecycle(UsageBillingCase):
         only the credit for Pro's unused days (an invoice cannot be negative). It comes back as a credit
         note, e-mailed and never charged, and the subscription is not set aside (was: retried forever)."""
         self._plan("max", "NexaCloud Max", 99.0)
-        order = self.subscribe("sub_neg", customer="cus_neg")
+        order = self.subscribe("sub_neg", customer="cus_sub_neg")
         order.payment_token_id = self.stripe_token(order.partner_id)
         with self.card_answers("done"):
             self.recurring("2025-01-01 03:00:00")
-        upgraded = self.post_plan("sub_neg", "max", "2025-01-17 09:00:00").json()["subscription"]
-        new = self.env["sale.order"].browse(int(upgraded["lago_id"]))
+        response = self.post_plan("sub_neg", "max", "2025-01-17 09:00:00")
+        self.assertEqual(response.status_code, 200, response.text)
+        new = self.env["sale.order"].browse(int(response.json()["subscription"]["lago_id"]))
         with freeze_time("2025-01-17 09:30:00"):
             self.assertEqual(self.api("DELETE", "subscriptions/sub_neg").status_code, 200)
         self.assertFalse(new.x_fc_billing_issue, "not set aside")
@@ -574,7 +576,7 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertFalse(refund.transaction_ids, "a credit note is never charged to the card")
         self.assertEqual(new.invoice_ids, refund, "nothing else billed, nothing billed twice")
         with freeze_time("2025-01-18"):
-            listed = self.api("GET", "customers/cus_neg/invoices").json()["invoices"]
+            listed = self.api("GET", "customers/cus_sub_neg/invoices").json()["invoices"]
         self.assertIn(str(refund.id), [invoice["lago_id"] for invoice in listed if invoice["invoice_type"] == "credit"])
 
     def test_the_upgrade_credits_the_fee_paid_for_the_period_whatever_its_invoice_date(self):

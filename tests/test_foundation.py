@@ -77,12 +77,16 @@ class TestFoundation(FusionBillingCase):
         recurring run: a charge's product never is one, nor becomes one while a charge uses it."""
         usage = self.env["product.product"].create({"name": "Bandwidth overage", "type": "service"})
         self.charge.product_id = usage
-        with self.assertRaisesRegex(ValidationError, "recurring"):
+        with self.assertRaises(ValidationError) as caught:  # (Odoo's: rolled back to a savepoint)
             self.charge.product_id = self.base_product
-        with self.assertRaisesRegex(ValidationError, "Bandwidth overage"):
+        self.assertIn("is a recurring (subscription) product", str(caught.exception))
+        with self.assertRaises(ValidationError) as caught:
             usage.recurring_invoice = True
-        with self.assertRaisesRegex(ValidationError, "Metered usage"):
+        self.assertIn("Bandwidth overage bill usage", str(caught.exception))
+        with self.assertRaises(ValidationError) as caught:
             self.env.ref("fusion_centralize_billing.product_metered_usage").recurring_invoice = True
+        self.assertIn("Metered usage bill usage", str(caught.exception))
+        self.assertEqual(self.charge.product_id, usage)
         self.charge.product_id = False  # the metered usage product; the former one is free again
         usage.recurring_invoice = True
         self.assertTrue(usage.recurring_invoice)
