@@ -145,6 +145,24 @@ class OdooServer:
         return False
 
 
+def committed_catalog(env, name, aggregation="sum", **service_values):
+    """A service (a unique code from ``name``) with one metric ``calls`` (a sum over ``n``, or
+    ``aggregation``), a monthly plan of 10.00 and a standard charge of 1.00 per unit, created in
+    ``env`` (a real session's, so that other sessions see them once it commits)."""
+    code = f"{name.lower().replace(' ', '_')}_{uuid.uuid4().hex[:8]}"
+    service = env["fusion.billing.service"].create({"name": name, "code": code, **service_values})
+    metric = env["fusion.billing.metric"].create({
+        "service_id": service.id, "code": "calls", "name": "Calls", "aggregation": aggregation,
+        **({"field_name": "n"} if aggregation != "count" else {})})
+    product = env["product.product"].create({"name": f"{name} plan", "type": "service", "recurring_invoice": True})
+    plan = env["sale.subscription.plan"].create({
+        "name": name, "x_fc_service_id": service.id, "x_fc_plan_code": code, "x_fc_amount": 10,
+        "x_fc_product_id": product.id})
+    env["fusion.billing.charge"].create({"service_id": service.id, "plan_id": plan.id, "metric_id": metric.id,
+                                         "charge_model": "standard", "properties": {"amount": "1"}})
+    return service, metric, product, plan
+
+
 class FusionBillingFixtures:
     """Shared fixtures: a CAD service with a metric, a catalog plan with a usage charge,
     and users of each Fusion Billing group."""
@@ -196,6 +214,18 @@ class FusionBillingFixtures:
             "order_line": [Command.create({"product_id": plan.x_fc_product_id.id, "price_unit": plan.x_fc_amount})],
             **values,
         })
+
+    @classmethod
+    def _confirmed_app_subscription(cls, customer, email, name, external_id, **values):
+        """A live service's confirmed subscription started on 2026-11-01 for a new app account,
+        as the API makes it: ``(account link, order)``."""
+        cls.service.billing_mode = "live"
+        link = cls.env["fusion.billing.account.link"]._api_upsert(
+            cls.service, {"external_id": customer, "email": email, "name": name})
+        order = cls._create_subscription(partner=link.partner_id, external_id=external_id,
+                                         x_fc_account_link_id=link.id, start_date="2026-11-01", **values)
+        order.action_confirm()
+        return link, order
 
     @classmethod
     def _api_key(cls, service):

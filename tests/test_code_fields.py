@@ -17,12 +17,7 @@ class TestCodeOnlyFields(FusionBillingCase):
         super().setUpClass()
         cls.salesperson = new_test_user(cls.env, "fc_code_sales", groups="sales_team.group_sale_salesman_all_leads")
         cls.accountant = new_test_user(cls.env, "fc_code_accountant", groups="account.group_account_invoice")
-        cls.service.billing_mode = "live"
-        cls.link = cls.env["fusion.billing.account.link"]._api_upsert(
-            cls.service, {"external_id": "cus_code", "email": "code@client.example", "name": "Code Ltd"})
-        cls.order = cls._create_subscription(partner=cls.link.partner_id, external_id="sub_code",
-                                             x_fc_account_link_id=cls.link.id, start_date="2026-11-01")
-        cls.order.action_confirm()
+        cls.link, cls.order = cls._confirmed_app_subscription("cus_code", "code@client.example", "Code Ltd", "sub_code")
         cls.usage = cls.env["fusion.billing.usage"].create({
             "subscription_id": cls.order.id, "metric_id": cls.metric_bandwidth.id, "period_start": "2026-11-01",
             "period_end": "2026-12-01", "quantity": 250, "events_count": 3, "state": "closed", "amount": 7.5})

@@ -6,7 +6,6 @@ and our hook inside Odoo's own recurring job must never make that job skip its i
 Everything is committed in real sessions (as workers see it) and removed afterwards; the time
 budget is cut to zero so that the limit is reached after the first batch.
 """
-import uuid
 from datetime import date
 from functools import partial
 from unittest.mock import patch
@@ -17,7 +16,7 @@ from odoo.tests import TransactionCase, tagged
 
 from ..core import periods
 from ..services import billing_cycle
-from .common import real_cursor, real_session
+from .common import committed_catalog, real_cursor, real_session
 
 
 @tagged("post_install", "-at_install")
@@ -30,15 +29,7 @@ class TestJobsUnderTheScheduler(TransactionCase):
         today = date.today()
         self.start = periods.add_period(today, "month", 1, -1)
         with real_session(self.env) as env:
-            service = env["fusion.billing.service"].create({"name": "Jobs", "code": f"jobs_{uuid.uuid4().hex[:8]}"})
-            metric = env["fusion.billing.metric"].create({
-                "service_id": service.id, "code": "calls", "name": "Calls", "aggregation": "count"})
-            product = env["product.product"].create({"name": "Jobs plan", "type": "service", "recurring_invoice": True})
-            plan = env["sale.subscription.plan"].create({
-                "name": "Jobs", "x_fc_service_id": service.id, "x_fc_plan_code": "jobs",
-                "x_fc_amount": 10, "x_fc_product_id": product.id})
-            env["fusion.billing.charge"].create({"service_id": service.id, "plan_id": plan.id, "metric_id": metric.id,
-                                                 "charge_model": "standard", "properties": {"amount": "1"}})
+            service, metric, product, plan = committed_catalog(env, "Jobs", aggregation="count")
             partner = env["res.partner"].create({"name": "Jobs client"})
             orders = env["sale.order"].create([{
                 "partner_id": partner.id, "plan_id": plan.id, "x_fc_service_id": service.id,

@@ -119,13 +119,8 @@ class TestNativeUsers(FusionBillingCase):
         super().setUpClass()
         cls.accountant = new_test_user(cls.env, "fc_accountant", groups="account.group_account_user")
         cls.salesperson = new_test_user(cls.env, "fc_salesperson", groups="sales_team.group_sale_salesman")
-        cls.service.billing_mode = "live"
-        cls.link = cls.env["fusion.billing.account.link"]._api_upsert(
-            cls.service, {"external_id": "cus_native", "email": "native@client.example", "name": "Native Ltd"})
-        cls.order = cls._create_subscription(partner=cls.link.partner_id, external_id="sub_native",
-                                             x_fc_account_link_id=cls.link.id, user_id=cls.salesperson.id,
-                                             start_date="2026-11-01")
-        cls.order.action_confirm()
+        cls.link, cls.order = cls._confirmed_app_subscription(
+            "cus_native", "native@client.example", "Native Ltd", "sub_native", user_id=cls.salesperson.id)
 
     def test_accountant_posts_and_reverses_an_app_invoice(self):
         invoice = self.order._create_invoices()

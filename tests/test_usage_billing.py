@@ -8,7 +8,7 @@ from odoo.tests import tagged
 from odoo.tools import mute_logger
 
 from ..core import periods
-from .common import FusionBillingCase, UsageBillingCase, real_session, run_as_workers, ts
+from .common import FusionBillingCase, UsageBillingCase, committed_catalog, real_session, run_as_workers, ts
 
 
 @tagged("post_install", "-at_install")
@@ -185,17 +185,7 @@ class TestRecurringRunWorkers(FusionBillingCase):
         this_month = date.today().replace(day=1)
         start = periods.add_period(this_month, "month", 1, -1)
         with real_session(self.env) as env:  # committed, so that both sessions see it
-            service = env["fusion.billing.service"].create({
-                "name": "Close workers", "code": "close_workers", "billing_mode": "live"})
-            metric = env["fusion.billing.metric"].create({
-                "service_id": service.id, "code": "calls", "name": "Calls", "aggregation": "sum", "field_name": "n"})
-            product = env["product.product"].create({"name": "Close workers plan", "type": "service",
-                                                     "recurring_invoice": True})
-            plan = env["sale.subscription.plan"].create({
-                "name": "Close workers", "x_fc_service_id": service.id, "x_fc_plan_code": "close-workers",
-                "x_fc_amount": 10, "x_fc_product_id": product.id})
-            env["fusion.billing.charge"].create({"service_id": service.id, "plan_id": plan.id, "metric_id": metric.id,
-                                                 "charge_model": "standard", "properties": {"amount": "1"}})
+            service, metric, product, plan = committed_catalog(env, "Close workers", billing_mode="live")
             partners = env["res.partner"].create([{"name": f"Close client {n}"} for n in range(6)])
             orders = env["sale.order"].create([{
                 "partner_id": partners[n % 6].id, "plan_id": plan.id, "x_fc_service_id": service.id,

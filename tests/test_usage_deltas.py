@@ -5,7 +5,6 @@ an event commits while the period close is running, after the close's snapshot.
 """
 import json
 import threading
-import uuid
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from functools import partial
@@ -15,7 +14,7 @@ from odoo import Command
 from odoo.tests import TransactionCase, tagged
 
 from ..core import lago, periods
-from .common import FusionBillingCase, real_cursor, real_session, run_as_workers
+from .common import FusionBillingCase, committed_catalog, real_cursor, real_session, run_as_workers
 
 
 class CommittedSubscription(TransactionCase):
@@ -26,16 +25,7 @@ class CommittedSubscription(TransactionCase):
         super().setUp()
         self.start = periods.add_period(date.today().replace(day=1), "month", 1, -1)  # last month: due
         with real_session(self.env) as env:
-            service = env["fusion.billing.service"].create({"name": "Deltas", "code": f"deltas_{uuid.uuid4().hex[:8]}"})
-            metric = env["fusion.billing.metric"].create({
-                "service_id": service.id, "code": "calls", "name": "Calls", "aggregation": "sum", "field_name": "n"})
-            product = env["product.product"].create({"name": "Deltas plan", "type": "service",
-                                                     "recurring_invoice": True})
-            plan = env["sale.subscription.plan"].create({
-                "name": "Deltas", "x_fc_service_id": service.id, "x_fc_plan_code": "deltas",
-                "x_fc_amount": 10, "x_fc_product_id": product.id})
-            env["fusion.billing.charge"].create({"service_id": service.id, "plan_id": plan.id, "metric_id": metric.id,
-                                                 "charge_model": "standard", "properties": {"amount": "1"}})
+            service, metric, product, plan = committed_catalog(env, "Deltas")
             partner = env["res.partner"].create({"name": "Deltas client"})
             order = env["sale.order"].create({
                 "partner_id": partner.id, "plan_id": plan.id, "x_fc_service_id": service.id,
