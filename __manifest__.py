@@ -1,6 +1,6 @@
 {
     "name": "Fusion Centralized Billing",
-    "version": "19.0.1.2.0",
+    "version": "19.0.1.3.0",
     "summary": "One Odoo bills every NexaSystems app: Lago-compatible metering API, usage rating, "
                "webhooks, NexaCloud import and dual-run reconciliation",
     "description": "Metering and integration layer on native Odoo subscriptions and invoicing. See README.md.",

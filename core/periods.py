@@ -52,7 +52,13 @@ def period_bounds(anchor, unit, value, at):
     return add_period(anchor, unit, value, index), add_period(anchor, unit, value, index + 1)
 
 
-def grid_anchor(invoice_date, unit, value, floor):
+def on_grid(anchor, unit, value, day):
+    """Whether a period of the grid anchored at ``anchor`` starts on ``day``."""
+    anchor, day = _as_date(anchor), _as_date(day)
+    return day >= anchor and period_bounds(anchor, unit, value, day)[0] == day
+
+
+def grid_anchor(invoice_date, unit, value, floor, prefer=()):
     """The billing grid point at or before ``floor`` on the grid through ``invoice_date``.
 
     Odoo invoices a subscription on its *Date of Next Invoice* and moves that date one billing
@@ -60,10 +66,23 @@ def grid_anchor(invoice_date, unit, value, floor):
     follow that grid (they close on the day the invoice that bills them is due): this returns
     the grid point to anchor them on, at or before ``floor`` (the subscription's start), so
     ``period_bounds`` can place any later timestamp on the same grid.
+
+    Month ends make that grid ambiguous: February 28 is on the grids of the 28th, 29th, 30th
+    and 31st, and stepping back from it alone gives the 28th. The anchor must not move while
+    the invoicing grid does not (usage is filed under its periods' start): a grid through
+    ``invoice_date`` that runs through ``floor`` itself, or else through one of the ``prefer``
+    dates (e.g. the last invoice date), is kept, so a subscription started on January 31 stays
+    anchored there through February 28, March 31 and April 30.
     """
     invoice_date, floor = _as_date(invoice_date), _as_date(floor)
     if value < 1:
         raise ValueError("a billing period lasts at least one unit")
+    for candidate in (floor, *prefer):
+        if not candidate:
+            continue
+        anchor = floor if candidate == floor else grid_anchor(candidate, unit, value, floor)
+        if on_grid(anchor, unit, value, invoice_date):
+            return anchor
     count = 0
     if invoice_date > floor:
         # Jump close with an estimate (whole units between the two dates), then step exactly.

@@ -1,9 +1,12 @@
 import json
+import logging
 from collections import defaultdict, namedtuple
 
 from odoo import api, fields, models
 
 from ..core import aggregation
+
+_logger = logging.getLogger(__name__)
 
 # A usage row (or a period without one) as readers and the fold see it.
 _Row = namedtuple("_Row", "id metric_id quantity events_count last_event_at state source quota_notified")
@@ -282,10 +285,17 @@ class FusionBillingUsage(models.Model):
                    quota_notified
               FROM fusion_billing_usage WHERE subscription_id IN %s""", (tuple({key[0] for key in groups}),))
         rows = {(sub, metric, start): values for sub, metric, start, *values in cr.fetchall()}
+        # A period the close has gone past is closed even without a row (a metric no charge
+        # prices has none): its deltas are late, never a new open row nobody closes.
+        self.env["sale.order"].flush_model(["x_fc_usage_closed_until"])
+        cr.execute("SELECT id, x_fc_usage_closed_until FROM sale_order WHERE id IN %s AND x_fc_usage_closed_until IS NOT NULL",
+                   (tuple({key[0] for key in groups}),))
+        closed_until = dict(cr.fetchall())
         late, updates, inserts, unique, units = [], [], [], [], {}
         for key, group in groups.items():
             row = rows.get(key)
-            if row and row[4] != "open":
+            if (row and row[4] != "open") or (
+                    not row and key[0] in closed_until and group[0][4] <= closed_until[key[0]]):
                 late += [event_id for delta in group for event_id in (delta[8] or [])]
                 continue
             kind = group[0][9]
@@ -368,12 +378,14 @@ class FusionBillingUsage(models.Model):
         return self.env.cr.fetchone()[0]
 
     @api.model
-    def _fc_close_rows(self, periods_by_order, metric_ids_by_order):
+    def _fc_close_rows(self, periods_by_order, metric_ids_by_order, final_ids=()):
         """Close one period per subscription: ``periods_by_order`` {order id: (start, end)},
         ``metric_ids_by_order`` {order id: metric ids it is charged for}. Rows missing for a
         charged metric are created at 0 (``ON CONFLICT DO NOTHING``: a row a late event created
-        meanwhile is kept), then every open row of those periods is flipped to *closed* in one
-        ``UPDATE … RETURNING``. Returns {order id: {metric id: (usage id, quantity, events)}}.
+        meanwhile is kept), open usage left under another period is merged in (``_fc_sweep``;
+        ``final_ids``: subscriptions closing their last period, which takes all of it), then every
+        open row of those periods is flipped to *closed* in one ``UPDATE … RETURNING``. Returns
+        {order id: {metric id: (usage id, quantity, events)}}.
 
         Ingestion appends deltas (``_fc_append_events``) and writes a row only to set the quota
         flag of an open one: what the close's fold saw is in the returned quantity; a delta
@@ -396,18 +408,99 @@ class FusionBillingUsage(models.Model):
                   JOIN sale_order so ON so.id = v.order_id
                 ON CONFLICT (subscription_id, metric_id, period_start) DO NOTHING""",
                 [uid, now, uid, now] + [value for row in missing for value in row])
+        kept_apart = self._fc_sweep(periods_by_order, set(final_ids))
         keys = list(periods_by_order.items())
         self.env.cr.execute(f"""
             UPDATE fusion_billing_usage usage SET state = 'closed', write_uid = %s, write_date = %s
               FROM (VALUES {", ".join(["(%s, %s::date)"] * len(keys))}) AS v(order_id, start)
-             WHERE usage.subscription_id = v.order_id AND usage.period_start = v.start AND usage.state = 'open'
+             WHERE usage.state = 'open' AND usage.subscription_id = v.order_id
+               AND (usage.period_start = v.start OR usage.id = ANY(%s))
          RETURNING usage.id, usage.subscription_id, usage.metric_id, usage.quantity, usage.events_count""",
-            [uid, now] + [value for order_id, (start, _end) in keys for value in (order_id, start)])
+            [uid, now] + [value for order_id, (start, _end) in keys for value in (order_id, start)] + [kept_apart])
         rows = {}
         for usage_id, order_id, metric_id, quantity, events in self.env.cr.fetchall():
             rows.setdefault(order_id, {})[metric_id] = (usage_id, quantity or 0.0, events or 0)
         self.invalidate_model()
+        self.env["sale.order"].invalidate_model(["x_fc_usage_ids"])
         return rows
+
+    @api.model
+    def _fc_sweep(self, periods_by_order, final_ids):
+        """Usage is never stranded: open rows of a subscription filed under another period than
+        the one being closed (``periods_by_order`` {order id: (start, end)}) that starts before its
+        end, or under any period for ``final_ids``, are merged into that period's row (same
+        aggregation as the fold; a unique count is recounted over the events of all of them) and
+        deleted, so this close bills them, once.
+
+        Usage periods follow the billing grid (``sale.order.x_fc_period_anchor``), which moves when
+        the Date of Next Invoice does (a person edits it, a re-import, an upgrade); events filed
+        before the move sit under the old grid's periods, which no close would ever reach.
+        Returns the ids of rows kept under their own period because this period's row was closed
+        already (the caller closes them too)."""
+        if not periods_by_order:
+            return []
+        cr = self.env.cr
+        keys = [(order_id, start, end, order_id in final_ids) for order_id, (start, end) in periods_by_order.items()]
+        cr.execute(f"""
+            SELECT u.id, u.subscription_id, u.metric_id, u.period_start, u.period_end, u.quantity, u.events_count,
+                   u.last_event_at, u.source, u.quota_notified, m.aggregation
+              FROM fusion_billing_usage u
+              JOIN fusion_billing_metric m ON m.id = u.metric_id
+              JOIN (VALUES {", ".join(["(%s, %s::date, %s::date, %s::bool)"] * len(keys))})
+                   AS v(order_id, start, stop, final) ON u.subscription_id = v.order_id
+             WHERE u.state = 'open' AND u.period_start != v.start AND (v.final OR u.period_start < v.stop)
+          ORDER BY u.period_start, u.id
+               FOR UPDATE OF u""", [value for key in keys for value in key])
+        stranded = defaultdict(list)
+        for row in cr.fetchall():
+            stranded[(row[1], row[2])].append(row)
+        if not stranded:
+            return []
+        cr.execute(f"""
+            SELECT u.id, u.subscription_id, u.metric_id, u.period_start, u.period_end, u.quantity, u.events_count,
+                   u.last_event_at, u.source, u.quota_notified, m.aggregation, u.state
+              FROM fusion_billing_usage u JOIN fusion_billing_metric m ON m.id = u.metric_id
+             WHERE (u.subscription_id, u.metric_id, u.period_start) IN %s FOR UPDATE OF u""",
+                   (tuple((order_id, metric_id, periods_by_order[order_id][0]) for order_id, metric_id in stranded),))
+        targets = {(row[1], row[2]): row for row in cr.fetchall()}
+        kept_apart, merged, gone = [], [], []
+        for (order_id, metric_id), rows in stranded.items():
+            start, end = periods_by_order[order_id]
+            target = targets.get((order_id, metric_id))
+            if target and target[11] == "open":
+                keep, bounds = target, (start, end)
+            elif target:  # this period is closed already: the oldest row takes the rest, closed as it is
+                keep, bounds = rows[0], (rows[0][3], rows[0][4])
+                kept_apart.append(keep[0])
+            else:  # no row of this period yet (a metric no charge prices): the oldest is moved into it
+                keep, bounds = rows[0], (start, end)
+            parts = sorted({row[0]: row for row in rows + [keep]}.values(), key=lambda row: (row[3], row[0]))
+            kind, total = keep[10], None
+            for row in parts:
+                contribution = self._fc_start(_Row(row[0], metric_id, row[5], row[6], row[7], "open", row[8], row[9]))
+                if contribution is not None:
+                    total = self._fc_merge(kind, total, contribution)
+            total = total or (keep[5] or 0, keep[6] or 0, keep[7])
+            quantity = total[0]
+            if kind == "unique_count":  # distinct values over the events of all of them
+                quantity = self._fc_count_unique(order_id, metric_id, min([bounds[0]] + [row[3] for row in parts]),
+                                                 max([bounds[1]] + [row[4] for row in parts]))
+            merged.append((keep[0], bounds[0], bounds[1], quantity, total[1], total[2],
+                           any(row[9] for row in parts)))
+            gone += [row[0] for row in parts if row[0] != keep[0]]
+        if gone:
+            cr.execute("DELETE FROM fusion_billing_usage WHERE id IN %s", (tuple(gone),))
+        cr.execute(f"""
+            UPDATE fusion_billing_usage usage
+               SET period_start = v.start, period_end = v.stop, quantity = v.quantity, events_count = v.events_count,
+                   last_event_at = v.last_event_at, quota_notified = v.notified, write_uid = %s, write_date = %s
+              FROM (VALUES {", ".join(["(%s, %s::date, %s::date, %s::numeric, %s::int, %s::timestamp, %s::bool)"]
+                                      * len(merged))})
+                   AS v(id, start, stop, quantity, events_count, last_event_at, notified)
+             WHERE usage.id = v.id""", [self.env.uid, fields.Datetime.now()] + [v for row in merged for v in row])
+        _logger.info("Usage close: %s rows filed under other periods merged into the periods closed (%s orders)",
+                     len(gone) + len(merged), len({order_id for order_id, _metric in stranded}))
+        return kept_apart
 
     @api.model
     def _fc_record_amounts(self, amounts, state, invoice_lines=None, sale_lines=None):

@@ -143,7 +143,7 @@ class SaleOrder(models.Model):
         self.ensure_one()
         return self.start_date or self.date_order.date()
 
-    @api.depends("x_fc_service_id", "next_invoice_date", "start_date", "date_order",
+    @api.depends("x_fc_service_id", "next_invoice_date", "last_invoice_date", "start_date", "date_order",
                  "plan_id.billing_period_unit", "plan_id.billing_period_value")
     def _compute_x_fc_period_anchor(self):
         for order in self:
@@ -152,8 +152,11 @@ class SaleOrder(models.Model):
                 order.x_fc_period_anchor = False
                 continue
             start = order._fc_start()
+            # Kept on the grid of the start (or of the last invoice) while the next invoice is on it:
+            # a month-end date alone (February 28) would move it (grid_anchor).
             order.x_fc_period_anchor = periods.grid_anchor(
-                order.next_invoice_date or start, plan.billing_period_unit, plan.billing_period_value, start)
+                order.next_invoice_date or start, plan.billing_period_unit, plan.billing_period_value, start,
+                prefer=(order.last_invoice_date,))
 
     @api.depends("x_fc_service_id", "plan_id", "x_fc_period_anchor", "x_fc_usage_closed_until",
                  "x_fc_terminated_at", "state", "subscription_state")
@@ -461,7 +464,11 @@ class SaleOrder(models.Model):
         if self.x_fc_trial_end and self.x_fc_trial_end > closed_until:  # activated during the trial
             closed_until = self._fc_period(self.x_fc_trial_end)[0]
         if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < closed_until:
-            as_code(self).x_fc_usage_closed_until = closed_until
+            # The periods skipped were the app's to bill (or the trial's): they are closed as recorded,
+            # never billed (events sent for them later are late), not left open for a close to bill.
+            BillingCycle(self.env).close_now(self, bill=False, until=closed_until)
+            if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < closed_until:
+                as_code(self).x_fc_usage_closed_until = closed_until
 
     # ------------------------------------------------------------------ native recurring invoicing
     def _create_recurring_invoice(self, *args, **kwargs):

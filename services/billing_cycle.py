@@ -98,12 +98,14 @@ class BillingCycle:
                                                    "max_attempts": MAX_BILLING_ATTEMPTS},
                                      lambda _order: today, batch_size)
 
-    def close_now(self, orders, bill=True):
+    def close_now(self, orders, bill=True, until=None):
         """Close these subscriptions' due periods now, including a terminated one's final period
-        (Lago bills a terminated subscription at once). ``bill=False`` records without billing."""
-        today = fields.Date.context_today(self.orders)
+        (Lago bills a terminated subscription at once). ``bill=False`` records without billing;
+        ``until``: close the periods ending by that day (default today), e.g. the periods an
+        activation skips, which are never Odoo's to bill."""
+        until = until or fields.Date.context_today(self.orders)
         self._isolated(orders.filtered("x_fc_usage_due_date"),
-                       lambda batch: self._close(batch, lambda _order: today, bill=bill))
+                       lambda batch: self._close(batch, lambda _order: until, bill=bill))
 
     # ------------------------------------------------------------------ claims and isolation
     @staticmethod
@@ -186,8 +188,10 @@ class BillingCycle:
         while due := due.filtered(lambda o: o.x_fc_usage_due_date and o.x_fc_usage_due_date <= until(o)):
             bounds = {order: order._fc_period(order.x_fc_usage_closed_until or order._fc_start()) for order in due}
             charges = {order: order._fc_charges() for order in due}
+            last = [order.id for order in due if order.x_fc_terminated_at
+                    and datetime.combine(bounds[order][1], time.min) >= order.x_fc_terminated_at]
             rows = usage_model._fc_close_rows({order.id: bounds[order] for order in due},
-                                              {order.id: charges[order].metric_id.ids for order in due})
+                                              {order.id: charges[order].metric_id.ids for order in due}, final_ids=last)
             amounts, billable = {}, []
             for order in due:
                 found = rows.get(order.id, {})

@@ -70,6 +70,29 @@ def test_grid_anchor_follows_the_next_invoice_date(invoice_date, unit, value, fl
     assert invoice_date < anchor or periods.period_bounds(anchor, unit, value, invoice_date)[0] == invoice_date
 
 
+@pytest.mark.parametrize("floor, invoice_dates, prefer_last, expected", [
+    # started on January 31, invoiced on the month's last day (no drift): anchored there, always
+    (date(2026, 1, 31), [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30)], False,
+     date(2026, 1, 31)),
+    # a Stripe anchor on the 31st (start on the 15th): the last invoice date tells its day
+    (date(2026, 1, 15), [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30)], True,
+     date(2025, 12, 31)),
+    # a Stripe anchor on the 30th: April 30 is on the 31st's grid too, but March 30 said the 30th
+    (date(2026, 1, 15), [date(2026, 1, 30), date(2026, 2, 28), date(2026, 3, 30), date(2026, 4, 30),
+                         date(2026, 5, 30)], True, date(2025, 12, 30)),
+])
+def test_grid_anchor_stays_put_while_invoices_follow_one_grid(floor, invoice_dates, prefer_last, expected):
+    """A month-end grid is ambiguous from one date alone: the anchor must not move from one
+    invoice to the next (usage already filed under its periods would be left behind)."""
+    anchors, last = [], None
+    for invoice_date in invoice_dates:
+        anchors.append(periods.grid_anchor(invoice_date, "month", 1, floor, prefer=(last,) if prefer_last else ()))
+        last = invoice_date
+    assert anchors == [expected] * len(invoice_dates)
+    for invoice_date in invoice_dates:
+        assert periods.on_grid(expected, "month", 1, invoice_date)
+
+
 @pytest.mark.parametrize("start, end, at, expected", [
     (date(2026, 1, 1), date(2026, 2, 1), date(2026, 1, 16), (16, 31)),
     (date(2026, 1, 1), date(2026, 2, 1), datetime(2026, 1, 1, 9), (31, 31)),
