@@ -224,12 +224,14 @@ class SaleOrder(models.Model):
 
     def _fc_usage_carrier(self):
         """The order whose next native invoice carries this subscription's usage: itself, or the
-        renewal that continues it once it is renewed."""
+        running renewal that continues it once it is renewed, if it bills in the same currency
+        (billing_cycle's claims follow the same rule: ``CARRIED_BY_SUCCESSOR``)."""
         self.ensure_one()
         successor = self.x_fc_successor_id
-        if successor and successor.state == "sale" and successor.subscription_state in ("3_progress", "4_paused"):
+        if successor and successor.state == "sale" and successor.subscription_state in ("3_progress", "4_paused") \
+                and successor.currency_id == self.currency_id:
             return successor
-        return self
+        return self  # (a successor in another currency: the usage is invoiced in its own, as the plan-change credit)
 
     @api.depends("x_fc_usage_ids.period_start")
     def _compute_x_fc_recent_usage_ids(self):

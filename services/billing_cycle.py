@@ -36,9 +36,17 @@ BATCH_SIZE = 200
 MAX_BILLING_ATTEMPTS = 24
 CLEARED = {"x_fc_billing_issue": False, "x_fc_billing_issue_at": False, "x_fc_billing_attempts": 0}
 
+# An order's usage rides on its successor's invoice when the successor runs and bills in the same
+# currency (``sale.order._fc_usage_carrier``, the same rule in Python); otherwise it is its own.
+CARRIED_BY_SUCCESSOR = """EXISTS (
+        SELECT 1 FROM sale_order successor
+         WHERE successor.id = so.x_fc_successor_id AND successor.state = 'sale'
+           AND successor.subscription_state IN ('3_progress', '4_paused')
+           AND successor.currency_id = so.currency_id)"""
+
 # Subscriptions the native run invoices today, and what it will invoice with them: their own due
 # usage up to their invoice date, and the final usage of the orders they renewed.
-NATIVE_CLAIM = """
+NATIVE_CLAIM = f"""
     WITH invoiced AS (
         SELECT id FROM sale_order
          WHERE is_subscription AND state = 'sale' AND subscription_state = '3_progress'
@@ -48,18 +56,19 @@ NATIVE_CLAIM = """
      WHERE so.x_fc_usage_due_date <= %(today)s AND so.x_fc_service_id = ANY(%(live)s)
        AND NOT so.id = ANY(%(skip)s)
        AND ((so.id IN (SELECT id FROM invoiced) AND so.x_fc_usage_due_date <= so.next_invoice_date)
-            OR so.x_fc_successor_id IN (SELECT id FROM invoiced))
+            OR (so.x_fc_successor_id IN (SELECT id FROM invoiced) AND {CARRIED_BY_SUCCESSOR}))
      ORDER BY so.x_fc_usage_due_date, so.id
      LIMIT %(limit)s FOR NO KEY UPDATE OF so SKIP LOCKED"""
 
-# Everything else that is due: shadow services, drafts, final periods not carried by a renewal,
-# and subscriptions set aside by an earlier run.
-OTHER_CLAIM = """
+# Everything else that is due: shadow services, drafts, final periods not carried by a renewal
+# (none, or one that does not run, or bills in another currency), and subscriptions set aside by
+# an earlier run.
+OTHER_CLAIM = f"""
     SELECT so.id FROM sale_order so JOIN fusion_billing_service service ON service.id = so.x_fc_service_id
      WHERE so.x_fc_usage_due_date <= %(today)s AND NOT so.id = ANY(%(skip)s)
        AND COALESCE(so.x_fc_billing_attempts, 0) < %(max_attempts)s
        AND (service.billing_mode = 'shadow' OR so.state != 'sale' OR so.x_fc_billing_issue_at IS NOT NULL
-            OR (so.x_fc_terminated_at <= %(now)s AND so.x_fc_successor_id IS NULL))
+            OR (so.x_fc_terminated_at <= %(now)s AND NOT {CARRIED_BY_SUCCESSOR}))
      ORDER BY so.x_fc_usage_due_date, so.partner_id, so.id
      LIMIT %(limit)s FOR NO KEY UPDATE OF so SKIP LOCKED"""
 
