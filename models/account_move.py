@@ -1,6 +1,7 @@
 import uuid
 
 from odoo import api, fields, models
+from odoo.exceptions import UserError
 
 from ..core import lago, money
 from .code_fields import check_code_fields
@@ -70,6 +71,7 @@ class AccountMove(models.Model):
     # Queued by code (``_enqueue`` builds and writes the row as superuser): an accountant posting,
     # reversing or paying an app's invoice needs no Fusion Billing right.
     def _post(self, *args, **kwargs):
+        self.sudo()._fc_check_billed_once()  # code-driven: an accountant posting needs no usage rights
         posted = super()._post(*args, **kwargs)
         posted.sudo()._fc_mark_billed()  # code-driven: an accountant posting needs no usage rights
         app_invoices = posted.filtered(lambda m: m.x_fc_service_id and m.is_sale_document())
@@ -153,6 +155,22 @@ class AccountMove(models.Model):
         return links
 
     # ------------------------------------------------------------------ billed once
+    def _fc_check_billed_once(self):
+        """Refuse to post an invoice billing usage, or a plan-change credit, that another posted
+        invoice billed already (e.g. a draft the native *Create Invoice* left while the recurring run
+        billed the same line): the customer would pay it twice."""
+        for move in self.filtered(lambda m: m.move_type == "out_invoice"):
+            for line in move.invoice_line_ids:
+                billed_by = line.x_fc_usage_id.invoice_line_id if line.x_fc_usage_id.state == "billed" else line.browse()
+                credits = line.sale_line_ids.filtered(lambda l: l.x_fc_line_kind == "plan_credit" and not l.x_fc_pending)
+                billed_by |= credits.invoice_lines.filtered(lambda l: l.move_id.move_type == "out_invoice")
+                billed_by = billed_by.filtered(lambda l: l.move_id != move and l.parent_state == "posted")
+                if billed_by:
+                    raise UserError(self.env._(
+                        "%(invoice)s cannot be posted: its line \"%(line)s\" was billed already on %(other)s. "
+                        "Remove the line (or cancel this invoice) and post again.",
+                        invoice=move.display_name, line=line.name, other=billed_by[0].move_id.display_name))
+
     def _fc_mark_billed(self):
         """An invoice carrying billing-cycle lines was posted: their usage is billed (its invoice
         line recorded) and the order lines stop being invoiceable, for good."""

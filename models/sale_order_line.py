@@ -41,12 +41,23 @@ class SaleOrderLine(models.Model):
         check_code_fields(self.filtered("x_fc_line_kind"), [vals], BILLING_LINE_CODE_FIELDS)
         return super().write(vals)
 
-    @api.depends("x_fc_pending", "x_fc_line_kind")
+    @api.depends("x_fc_pending", "x_fc_line_kind", "x_fc_usage_id", "invoice_lines.move_id.state",
+                 "invoice_lines.x_fc_usage_id")
     def _compute_qty_to_invoice(self):
         res = super()._compute_qty_to_invoice()
         for line in self.filtered("x_fc_line_kind"):
-            line.qty_to_invoice = line.product_uom_qty if line.x_fc_pending and line.state == "sale" else 0.0
+            line.qty_to_invoice = line.product_uom_qty \
+                if line.x_fc_pending and line.state == "sale" and not line._fc_on_draft_invoice() else 0.0
         return res
+
+    def _fc_on_draft_invoice(self):
+        """Whether what this pending line bills is already on a draft invoice (e.g. the native
+        *Create Invoice* left one): the recurring run or a final invoice must not bill it a second
+        time; posting that draft bills it, deleting or cancelling it makes it invoiceable again."""
+        self.ensure_one()
+        return any(line.move_id.state == "draft" and line.move_id.move_type == "out_invoice"
+                   and (self.x_fc_line_kind != USAGE or line.x_fc_usage_id == self.x_fc_usage_id)
+                   for line in self.invoice_lines)
 
     def _compute_price_unit(self):
         # The billing cycle prices its lines (a rated amount, a prorated credit): the pricelist never does.

@@ -267,10 +267,11 @@ class BillingCycle:
         """A terminated subscription's final usage (nothing carries it on) gets its own invoice,
         posted now; ``deliver_final_invoices`` then charges and e-mails it the native way."""
         now = fields.Datetime.now()
+        awaiting = lambda line: line.x_fc_line_kind and line.x_fc_pending and line.qty_to_invoice > 0  # noqa: E731 (not on a draft)
         finals = orders.filtered(lambda o: o.x_fc_terminated_at and o.x_fc_terminated_at <= now
                                  and o._fc_bills_usage() and o._fc_usage_carrier() == o
                                  and not o.x_fc_usage_due_date
-                                 and o.order_line.filtered(lambda l: l.x_fc_line_kind and l.x_fc_pending))
+                                 and o.order_line.filtered(awaiting))
         if not finals:
             return self.env["account.move"]
         values = []
@@ -279,7 +280,7 @@ class BillingCycle:
             invoice.update(
                 invoice_date=fields.Date.context_today(order),
                 invoice_line_ids=[Command.create(line._prepare_invoice_line())
-                                  for line in order.order_line.filtered(lambda l: l.x_fc_line_kind and l.x_fc_pending)],
+                                  for line in order.order_line.filtered(awaiting)],
                 x_fc_delivery_state="pending")
             values.append(invoice)
         moves = self.env["account.move"].sudo().with_context(mail_create_nolog=True).create(values)
