@@ -288,6 +288,17 @@ class FusionBillingReconciliation(models.Model):
         bills, orders = {}, {}
         records = Order.browse([r["id"] for r in rows])  # prefetched together
         by_id = {order.id: order for order in records}
+        # The usage of every subscription's renewal periods, read at once (not one query each).
+        renewals = {}
+        for row in rows:
+            try:
+                renewals[row["id"]] = by_id[row["id"]]._fc_renewals(period_start, period_end)
+            except psycopg2.Error:
+                raise
+            except Exception:  # noqa: BLE001 — reported by _fc_order_bill below, with the others
+                continue
+        live = self.env["fusion.billing.usage"]._fc_live_totals_many(
+            [(row["id"], start) for row in rows if row["plan_id"] in with_charges for start in renewals.get(row["id"], ())])
         for row in rows:
             key = row["x_fc_external_id"]
             plan = plans[row["plan_id"]]
@@ -296,7 +307,7 @@ class FusionBillingReconciliation(models.Model):
             currency = currencies[row["currency_id"]]
             try:
                 bill = self._fc_order_bill(row, by_id[row["id"]], plan, plan.id in with_charges, partner_key,
-                                           currency, taxes, period_start, period_end)
+                                           currency, taxes, period_start, period_end, live=live)
             except psycopg2.Error:
                 raise
             except Exception as error:  # noqa: BLE001 — one malformed subscription never stops the others
@@ -309,18 +320,21 @@ class FusionBillingReconciliation(models.Model):
         return bills, orders
 
     @api.model
-    def _fc_order_bill(self, row, order, plan, with_usage, partner_key, currency, taxes, period_start, period_end):
+    def _fc_order_bill(self, row, order, plan, with_usage, partner_key, currency, taxes, period_start, period_end,
+                       live=None):
         """One subscription's shadow bill, from the order's own billing periods: its plan's base fee
         (``plan._fc_base_fee()``) at each of its renewals in the period (``order._fc_renewals``), and,
         when its plan has usage charges (``with_usage``), the rated usage of those periods
-        (``order._fc_rated_usage``; usage is recorded on the same grid, ``order._fc_period``)."""
+        (``order._fc_rated_usage``; usage is recorded on the same grid, ``order._fc_period``).
+        ``live``: the usage totals read in bulk (``fusion.billing.usage._fc_live_totals_many``)."""
         renewals = order._fc_renewals(period_start, period_end)
         unit_price = plan._fc_base_fee()
         base = unit_price * len(renewals)
         tax = taxes.get(row, plan.x_fc_product_id, base) if base and plan.x_fc_product_id else 0.0
         usage = defaultdict(Decimal)
         for start in renewals if with_usage else ():
-            for charge, _usage, rating in order._fc_rated_usage(start):
+            totals = live.get((order.id, start), {}) if live is not None else None
+            for charge, _usage, rating in order._fc_rated_usage(start, live=totals):
                 usage[charge.metric_id.code] += rating.amount
                 tax += taxes.get(row, charge._fc_product(), rating.amount) if rating.amount else 0.0
         return reconcile.Bill(

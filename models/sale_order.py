@@ -257,13 +257,14 @@ class SaleOrder(models.Model):
         self.ensure_one()
         return self.plan_id.x_fc_charge_ids.filtered("active")
 
-    def _fc_rated_usage(self, period_start):
+    def _fc_rated_usage(self, period_start, live=None):
         """[(charge, usage row or empty, rating)] of one period: what current usage shows and the invoice bills.
 
-        Units include the usage deltas not folded into the rows yet (``fusion.billing.usage._fc_live_totals``)."""
+        Units include the usage deltas not folded into the rows yet (``fusion.billing.usage._fc_live_totals``;
+        ``live``: those totals, read beforehand for many subscriptions at once)."""
         self.ensure_one()
-        usages = {u.metric_id: u for u in self.x_fc_usage_ids if u.period_start == period_start}
-        live = self.env["fusion.billing.usage"]._fc_live_totals(self, period_start)
+        usages = {u.metric_id: u for u in self.x_fc_usage_ids if u.period_start == period_start} if live is None else {}
+        live = self.env["fusion.billing.usage"]._fc_live_totals(self, period_start) if live is None else live
         rated = []
         for charge in self._fc_charges():
             usage = usages.get(charge.metric_id, self.env["fusion.billing.usage"])
