@@ -482,9 +482,13 @@ class FusionBillingUsage(models.Model):
                     total = self._fc_merge(kind, total, contribution)
             total = total or (keep[5] or 0, keep[6] or 0, keep[7])
             quantity = total[0]
-            if kind == "unique_count":  # distinct values over the events of all of them
+            if kind == "unique_count":
+                # Distinct values over the events of all of them, up to this period's end (events filed
+                # under the old grid after it are in its next period's row, under the new one), or all
+                # of them for a last period.
+                last = order_id in final_ids or keep[0] in kept_apart
                 quantity = self._fc_count_unique(order_id, metric_id, min([bounds[0]] + [row[3] for row in parts]),
-                                                 max([bounds[1]] + [row[4] for row in parts]))
+                                                 max([bounds[1]] + [row[4] for row in parts]) if last else bounds[1])
             merged.append((keep[0], bounds[0], bounds[1], quantity, total[1], total[2],
                            any(row[9] for row in parts)))
             gone += [row[0] for row in parts if row[0] != keep[0]]
