@@ -425,6 +425,21 @@ class FusionBillingUsage(models.Model):
         return rows
 
     @api.model
+    def _fc_close_before(self, subscription_id, day):
+        """Close every open row of a subscription whose period starts before ``day`` (the periods an
+        activation skips); returns [(usage id, metric id, quantity, events)]."""
+        self.env.flush_all()
+        self.env.cr.execute("""
+            UPDATE fusion_billing_usage SET state = 'closed', write_uid = %s, write_date = %s
+             WHERE subscription_id = %s AND state = 'open' AND period_start < %s
+         RETURNING id, metric_id, quantity, events_count""",
+                            (self.env.uid, fields.Datetime.now(), subscription_id, day))
+        rows = [(usage_id, metric_id, quantity or 0.0, events or 0) for usage_id, metric_id, quantity, events
+                in self.env.cr.fetchall()]
+        self.invalidate_model()
+        return rows
+
+    @api.model
     def _fc_sweep(self, periods_by_order, final_ids):
         """Usage is never stranded: open rows of a subscription filed under another period than
         the one being closed (``periods_by_order`` {order id: (start, end)}) that starts before its

@@ -469,7 +469,7 @@ class SaleOrder(models.Model):
         if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < closed_until:
             # The periods skipped were the app's to bill (or the trial's): they are closed as recorded,
             # never billed (events sent for them later are late), not left open for a close to bill.
-            BillingCycle(self.env).close_now(self, bill=False, until=closed_until)
+            BillingCycle(self.env).close_skipped(self, closed_until)
             if not self.x_fc_usage_closed_until or self.x_fc_usage_closed_until < closed_until:
                 as_code(self).x_fc_usage_closed_until = closed_until
 

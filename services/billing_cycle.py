@@ -107,14 +107,25 @@ class BillingCycle:
                                                    "max_attempts": MAX_BILLING_ATTEMPTS},
                                      lambda _order: today, batch_size)
 
-    def close_now(self, orders, bill=True, until=None):
+    def close_now(self, orders, bill=True):
         """Close these subscriptions' due periods now, including a terminated one's final period
-        (Lago bills a terminated subscription at once). ``bill=False`` records without billing;
-        ``until``: close the periods ending by that day (default today), e.g. the periods an
-        activation skips, which are never Odoo's to bill."""
-        until = until or fields.Date.context_today(self.orders)
+        (Lago bills a terminated subscription at once). ``bill=False`` records without billing."""
+        today = fields.Date.context_today(self.orders)
         self._isolated(orders.filtered("x_fc_usage_due_date"),
-                       lambda batch: self._close(batch, lambda _order: until, bill=bill))
+                       lambda batch: self._close(batch, lambda _order: today, bill=bill))
+
+    def close_skipped(self, order, until):
+        """Activation moves the close on to ``until``: the usage periods before it were the app's to
+        bill (or a trial's). Their open rows are closed as recorded (rated, never billed), so that no
+        close bills them later and events sent for them afterwards are late. A few statements
+        whatever the number of periods skipped (no row is created for them)."""
+        usage_model = self.env["fusion.billing.usage"]
+        usage_model._fc_fold(order.ids)
+        rows = usage_model._fc_close_before(order.id, until)
+        charges = {charge.metric_id.id: charge for charge in order._fc_charges()}
+        usage_model._fc_record_amounts({
+            usage_id: charges[metric_id]._rate(quantity, events_count=events).amount if metric_id in charges
+            else Decimal(0) for usage_id, metric_id, quantity, events in rows}, state="closed")
 
     # ------------------------------------------------------------------ claims and isolation
     @staticmethod
