@@ -172,8 +172,40 @@ class FusionBillingUsage(models.Model):
     def _fc_live_totals(self, subscription, period_start):
         """{metric id: (units, events_count)} of a subscription's period as its events stand: the
         usage rows plus the deltas not folded yet. What current usage shows and the close rates
-        (the close folds first, so there it is the row itself)."""
-        return self._fc_live_totals_of(subscription.id, period_start)
+        (the close folds first, so there it is the row itself). For a period not closed yet, that
+        includes the usage filed under other periods that its close takes (``_fc_sweep``)."""
+        totals = self._fc_live_totals_of(subscription.id, period_start)
+        first_start = subscription._fc_period(subscription.x_fc_usage_closed_until or subscription._fc_start())[0]
+        if period_start < first_start:
+            return totals  # a closed period: as it was closed
+        end = subscription._fc_period(period_start)[1]
+        # The first period to close takes every open period starting before its end; a later one,
+        # those starting after its own start (the ones before went with the periods before it).
+        first = period_start == first_start
+        after = "period_start != %(start)s" if first else "period_start > %(start)s"
+        self.env.cr.execute(f"""
+            SELECT period_start FROM fusion_billing_usage
+             WHERE subscription_id = %(subscription)s AND state = 'open' AND {after} AND period_start < %(end)s
+             UNION
+            SELECT period_start FROM fusion_billing_usage_delta
+             WHERE subscription_id = %(subscription)s AND {after} AND period_start < %(end)s""",
+                            {"subscription": subscription.id, "start": period_start, "end": end})
+        others = sorted(row[0] for row in self.env.cr.fetchall())
+        if not others:
+            return totals
+        kinds, merged = {}, {metric_id: (units, count, None) for metric_id, (units, count) in totals.items()}
+        for other, found in sorted(self._fc_live_totals_many([(subscription.id, day) for day in others]).items()):
+            for metric_id, (units, count) in found.items():
+                kind = kinds.get(metric_id) or kinds.setdefault(metric_id, self.env["fusion.billing.metric"].browse(
+                    metric_id).aggregation)
+                # (latest: the later period's value wins, as the close merges them by period)
+                merged[metric_id] = self._fc_merge(kind, merged.get(metric_id), (units, count, None)) \
+                    if kind != "latest" or metric_id not in totals else merged[metric_id]
+        for metric_id, kind in kinds.items():
+            if kind == "unique_count":
+                merged[metric_id] = (self._fc_count_unique(subscription.id, metric_id, min(others[0], period_start), end),
+                                     merged[metric_id][1], None)
+        return {metric_id: (total[0], total[1]) for metric_id, total in merged.items()}
 
     @api.model
     def _fc_live_totals_of(self, subscription_id, period_start):

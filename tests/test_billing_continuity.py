@@ -109,6 +109,27 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
         march = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 15))
         self.assertEqual(lines_of(march).mapped("price_subtotal"), [49.0], "nothing billed twice")
 
+    def test_current_usage_shows_what_the_close_will_bill(self):
+        """February's usage, filed before a person moved the Date of Next Invoice from March 1 to March 15
+        (the grid moves to the 15th), is in the current usage of the period that will bill it, as the
+        app's current_usage call and the order show it, and on the March 15 invoice."""
+        order = self.subscribe("sub_now", customer="cus_now")
+        self.recurring("2025-01-01 03:00:00")
+        self.recurring("2025-02-01 03:00:00")
+        self.push("sub_now", "now-1", (2025, 2, 10), 150)
+        with freeze_time("2025-02-12 09:00:00"):
+            order.next_invoice_date = date(2025, 3, 15)
+            self.push("sub_now", "now-2", (2025, 2, 12, 10), 30)
+            usage = self.api("GET", "customers/cus_now/current_usage", params={
+                "external_subscription_id": "sub_now", "apply_taxes": "false"}).json()["customer_usage"]
+        self.assertEqual(usage["from_datetime"], "2025-01-15T00:00:00Z")
+        bandwidth = next(c for c in usage["charges_usage"] if c["billable_metric"]["code"] == "bandwidth_gb")
+        self.assertEqual((bandwidth["units"], bandwidth["events_count"], bandwidth["amount_cents"]), ("180", 2, 400))
+        self.recurring("2025-03-15 03:00:00")
+        invoice = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 15))
+        self.assertEqual(lines_of(invoice).mapped("price_subtotal"), [49.0, 4.0], "180 GB, 80 above the quota")
+        self.assertFalse(self.stranded(order))
+
     def test_events_of_a_metric_no_charge_prices_sent_after_the_close_are_late(self):
         """fixapi finding 12: the close makes rows only for charged metrics; a delta of an uncharged metric
         folded after the close was a new open row for the closed period (neither billed nor late)."""
