@@ -448,18 +448,31 @@ class SaleOrder(models.Model):
         self.ensure_one()
         return bool(self.next_invoice_date) and self.next_invoice_date < fields.Date.context_today(self)
 
+    def _fc_app_billed_until(self):
+        """A draft the app created through the API during the dual run has no Date of Next Invoice:
+        the app billed it itself (in advance) until the end of its current period, or of its trial.
+        False when it has not started: Odoo bills it from its start."""
+        today = fields.Date.context_today(self)
+        if self._fc_start() > today:
+            return False
+        if self.x_fc_trial_end and self.x_fc_trial_end > today:
+            return self.x_fc_trial_end
+        return self._fc_period()[1]
+
     def _fc_activate(self):
         """Confirm an imported draft at cutover. The app billed the current period (in advance), so
         Odoo invoices nothing before the imported Date of Next Invoice, and earlier usage periods
         were the app's to bill. A trial bills nothing before it ends: its first invoice is on its
         end (the imported Date of Next Invoice), and the usage periods before it are never billed.
-        A draft whose Date of Next Invoice has passed is refused: import it again first."""
+        A draft the app created through the API (no Date of Next Invoice) is billed from the end of
+        the period the app billed. A draft whose Date of Next Invoice has passed is refused: import
+        it again first."""
         self.ensure_one()
         if self._fc_stale_import():
             raise UserError(self.env._(
                 "%(order)s: its Date of Next Invoice (%(date)s) has passed, so the app has billed it since the "
                 "import. Import it again before activating it.", order=self.name, date=self.next_invoice_date))
-        imported_next = self.next_invoice_date
+        imported_next = self.next_invoice_date or self._fc_app_billed_until()
         self.action_confirm()
         if imported_next and self.next_invoice_date != imported_next:
             self.next_invoice_date = imported_next

@@ -634,6 +634,35 @@ class TestNativeLifecycle(UsageBillingCase):
         self.assertEqual(lines_of(imported.invoice_ids).mapped("price_subtotal"), [49.0, 5.0])
         self.assertIn("(2025-01-10 to 2025-02-09)", lines_of(imported.invoice_ids)[1].name)
 
+    def test_activation_of_subscriptions_the_app_created_in_shadow_bills_from_their_next_renewal(self):
+        """During the dual run the app creates subscriptions through the API (shadow: drafts with no
+        Date of Next Invoice) and still bills them itself. At cutover Odoo takes over from the end of
+        the period the app billed: no fee for the periods before it, none twice."""
+        self.service.billing_mode = "shadow"
+        shadow = self.subscribe("sub_shadow", "cus_shadow", day="2024-12-05")
+        started = self.subscribe("sub_future", "cus_future", day="2025-01-19")
+        with freeze_time("2025-01-19"):
+            later = self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": "cus_later", "plan_code": "pro", "external_id": "sub_later",
+                "subscription_at": "2025-02-15T00:00:00Z"}})
+        later = self.env["sale.order"].browse(int(later.json()["subscription"]["lago_id"]))
+        self.assertEqual((shadow.state, shadow.next_invoice_date), ("draft", False))
+        self.push("sub_shadow", "shadow-jan", (2025, 1, 12), 200)  # 100 GB above the quota, this period
+
+        self.service.billing_mode = "live"
+        with freeze_time("2025-01-20 09:00:00"):
+            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.assertEqual((shadow.state, shadow.next_invoice_date), ("sale", date(2025, 2, 5)),
+                         "the app billed December 5 and January 5: Odoo's first invoice is February 5")
+        self.assertEqual(started.next_invoice_date, date(2025, 2, 19), "the app billed its first period")
+        self.assertEqual(later.next_invoice_date, date(2025, 2, 15), "not started: Odoo bills its first period")
+        self.recurring("2025-01-20 10:00:00")
+        self.close("2025-01-20 10:00:00")
+        self.assertFalse(shadow.invoice_ids | started.invoice_ids, "nothing the app billed is billed again")
+        self.recurring("2025-02-05 03:00:00")
+        self.assertEqual(lines_of(shadow.invoice_ids).mapped("price_subtotal"), [49.0, 5.0],
+                         "February's fee in advance and January's usage in arrears, once")
+
     def test_activation_refuses_drafts_whose_next_invoice_date_has_passed(self):
         """Imported in December (next invoice January 10), activated on January 20: Stripe renewed it on
         January 10, so confirming it would bill January 10 to February 9 again. It stays a draft and the
