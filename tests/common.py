@@ -297,6 +297,16 @@ class UsageBillingFixtures:
         cls.service.billing_mode = "live"
 
     # ------------------------------------------------------------------ the app's calls
+    def charged_metric(self, code, name, aggregation, field_name=None):
+        """A metric of the service priced on the Pro plan at 1.00 a unit (no quantity included)."""
+        metric = self.env["fusion.billing.metric"].create({
+            "service_id": self.service.id, "name": name, "code": code, "aggregation": aggregation,
+            **({"field_name": field_name} if field_name else {})})
+        self.env["fusion.billing.charge"].create({
+            "service_id": self.service.id, "plan_id": self.plan.id, "plan_code": "pro", "metric_id": metric.id,
+            "charge_model": "standard", "properties": {"amount": "1"}, "product_id": self.usage_product.id})
+        return metric
+
     def subscribe(self, external_id="sub_jan", customer="cus_jan", plan_code="pro", day="2025-01-01"):
         """``POST /subscriptions`` on ``day`` (the subscription starts that day)."""
         with freeze_time(day):

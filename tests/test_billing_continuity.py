@@ -77,12 +77,7 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
         """A person moves the Date of Next Invoice from February 1 to February 15 (the grid moves to the
         15th): January's usage filed before the move is billed on February 15 with the rest, once; a unique
         count is counted over the events of both periods merged, each user once."""
-        users = self.env["fusion.billing.metric"].create({
-            "service_id": self.service.id, "name": "Active users", "code": "users", "aggregation": "unique_count",
-            "field_name": "user"})
-        self.env["fusion.billing.charge"].create({
-            "service_id": self.service.id, "plan_id": self.plan.id, "plan_code": "pro", "metric_id": users.id,
-            "charge_model": "standard", "properties": {"amount": "1"}, "product_id": self.usage_product.id})
+        self.charged_metric("users", "Active users", "unique_count", "user")
         order = self.subscribe("sub_move", customer="cus_move")
         self.recurring("2025-01-01 03:00:00")
         self.push("sub_move", "mv-1", (2025, 1, 10), 150)
@@ -213,16 +208,21 @@ class TestActivationClosesSkippedPeriods(ContinuityCase):
 @tagged("post_install", "-at_install")
 class TestFinalUsageOfARenewedOrder(ContinuityCase):
 
+    def _downgraded_on_january_10(self, external_id, customer, plan_code):
+        """A Pro subscription of January 1, downgraded to ``plan_code`` on January 10: (order, its renewal
+        from February 1)."""
+        order = self.subscribe(external_id, customer=customer)
+        self.recurring("2025-01-01 03:00:00")
+        with freeze_time("2025-01-10 09:00:00"):
+            self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": customer, "plan_code": plan_code, "external_id": external_id}})
+        return order, order.x_fc_successor_id
+
     def test_final_usage_is_billed_when_the_renewal_does_not_run(self):
         """Finding 12: a downgrade's renewal that a person cancels carries nothing: the old order's
         last usage gets its own final invoice (it was claimed by neither job)."""
         self._plan("basic", "NexaCloud Basic", 19.0)
-        order = self.subscribe("sub_dn", customer="cus_dn")
-        self.recurring("2025-01-01 03:00:00")
-        with freeze_time("2025-01-10 09:00:00"):
-            self.api("POST", "subscriptions", {"subscription": {
-                "external_customer_id": "cus_dn", "plan_code": "basic", "external_id": "sub_dn"}})
-        renewal = order.x_fc_successor_id
+        order, renewal = self._downgraded_on_january_10("sub_dn", "cus_dn", "basic")
         self.assertEqual(renewal.state, "sale")
         self.push_january("sub_dn")
         with freeze_time("2025-01-20 09:00:00"):
@@ -242,12 +242,7 @@ class TestFinalUsageOfARenewedOrder(ContinuityCase):
         usd = self.env.ref("base.USD")
         usd.active = True
         self._plan("basic_usd", "NexaCloud Basic (USD)", 19.0, currency=usd)
-        order = self.subscribe("sub_fx", customer="cus_fx")
-        self.recurring("2025-01-01 03:00:00")
-        with freeze_time("2025-01-10 09:00:00"):
-            self.api("POST", "subscriptions", {"subscription": {
-                "external_customer_id": "cus_fx", "plan_code": "basic_usd", "external_id": "sub_fx"}})
-        renewal = order.x_fc_successor_id
+        order, renewal = self._downgraded_on_january_10("sub_fx", "cus_fx", "basic_usd")
         self.assertEqual(renewal.currency_id, usd)
         self.push_january("sub_fx")
         self.recurring("2025-02-01 03:00:00")

@@ -877,12 +877,7 @@ class TestBillingRunIsolation(UsageBillingCase):
         self.assertEqual(lines_of(final).mapped("price_subtotal"), [7.5, 6.0])
 
     def test_a_usage_row_a_late_event_created_meanwhile_does_not_fail_the_close(self):
-        storage = self.env["fusion.billing.metric"].create({
-            "service_id": self.service.id, "name": "Storage", "code": "storage_gb", "aggregation": "max",
-            "field_name": "gb"})
-        self.env["fusion.billing.charge"].create({
-            "service_id": self.service.id, "plan_id": self.plan.id, "plan_code": "pro", "metric_id": storage.id,
-            "charge_model": "standard", "properties": {"amount": "1"}, "product_id": self.usage_product.id})
+        storage = self.charged_metric("storage_gb", "Storage", "max", "gb")
         order = self.subscribe("sub_row", customer="cus_row")
         self.recurring("2025-01-01 03:00:00")
         self.push_january("sub_row")
