@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +27,16 @@ from odoo.tools import config
 from freezegun import freeze_time
 
 from odoo.addons.fusion_centralize_billing.core import nexacloud_sample
+
+
+def load_migration(version, name):
+    """The module of this addon's ``migrations/<version>/post-migrate.py``, loaded as ``name`` (its logger's
+    name when it logs through ``__name__``), so that a test can call its ``migrate(cr, installed_version)``."""
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations", version, "post-migrate.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def real_cursor(registry, readonly=False):

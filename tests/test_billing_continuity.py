@@ -5,7 +5,6 @@ terminated order's usage, when a draft invoice already holds it, and for the rec
 Every test drives the native recurring run of the ``sale_subscription`` stand-in and the app's API,
 as production does.
 """
-import importlib.util
 from datetime import date
 
 from freezegun import freeze_time
@@ -13,9 +12,8 @@ from freezegun import freeze_time
 from odoo import Command
 from odoo.exceptions import UserError
 from odoo.tests import tagged
-from odoo.tools import file_path
 
-from .common import FusionBillingCase, UsageBillingCase, ts
+from .common import FusionBillingCase, UsageBillingCase, load_migration, ts
 from .test_billing_cycle import lines_of
 
 
@@ -162,11 +160,7 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
             "code": "bandwidth_gb", "timestamp": "2024-12-15 10:00:00", "properties": {"gb": 500},
             "fingerprint": "mig-dec", "subscription_id": order.id, "metric_id": self.metric_bandwidth.id})
         self.env.flush_all()
-        path = file_path("fusion_centralize_billing/migrations/19.0.1.3.0/post-migrate.py")
-        spec = importlib.util.spec_from_file_location("fc_migrate_1_3", path)
-        migration = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(migration)
-        migration.migrate(self.env.cr, "19.0.1.2.0")
+        load_migration("19.0.1.3.0", "fc_migrate_1_3").migrate(self.env.cr, "19.0.1.2.0")
         self.env.invalidate_all()
         self.assertEqual((since.state, before.state, event.state), ("open", "closed", "late"))
         self.recurring("2025-03-01 03:00:00")

@@ -5,7 +5,6 @@ only what Odoo's public Subscriptions documentation describes) through its sched
 Enterprise's would run: usage rides on the native recurring invoice and follows the native
 lifecycle. tests/ENTERPRISE_CHECKLIST.md lists the same checks by hand on a real Enterprise database.
 """
-import importlib.util
 import json
 from datetime import date, datetime, timedelta
 from unittest.mock import patch
@@ -15,9 +14,9 @@ from freezegun import freeze_time
 from odoo import Command, fields
 from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
-from odoo.tools import file_path, mute_logger
+from odoo.tools import mute_logger
 
-from .common import UsageBillingCase
+from .common import UsageBillingCase, load_migration
 
 
 def lines_of(invoice):
@@ -737,11 +736,7 @@ class TestNativeLifecycle(UsageBillingCase):
                                            next_invoice_date="2025-02-20", x_fc_source_status="active")
         self.assertFalse(copied.x_fc_trial_end)
         self.env.flush_all()
-        path = file_path("fusion_centralize_billing/migrations/19.0.1.2.0/post-migrate.py")
-        spec = importlib.util.spec_from_file_location("fc_migrate_1_2", path)
-        migration = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(migration)
-        migration.migrate(self.env.cr, "19.0.1.1.0")
+        load_migration("19.0.1.2.0", "fc_migrate_1_2").migrate(self.env.cr, "19.0.1.1.0")
         self.env.invalidate_all()
         self.assertEqual((copied.x_fc_trial_end, active.x_fc_trial_end), (date(2025, 2, 3), False))
         self.assertEqual(copied._fc_renewals(date(2025, 1, 1), date(2025, 3, 1)), (date(2025, 2, 3),))
@@ -759,10 +754,7 @@ class TestNativeLifecycle(UsageBillingCase):
         for plan, amount in ((complete, 29), (no_product, 12.5), (no_service, 7)):
             self.env.cr.execute("UPDATE sale_subscription_plan SET x_fc_amount_before_1_1 = %s WHERE id = %s",
                                 [amount, plan.id])
-        path = file_path("fusion_centralize_billing/migrations/19.0.1.1.0/post-migrate.py")
-        spec = importlib.util.spec_from_file_location("fc_migrate_1_1", path)
-        migration = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(migration)
+        migration = load_migration("19.0.1.1.0", "fc_migrate_1_1")
         with self.assertLogs("fc_migrate_1_1", "WARNING") as logged:
             migration.migrate(self.env.cr, "19.0.1.0.0")
         self.env.invalidate_all()

@@ -2,12 +2,10 @@
 user's contact, another company's or a non-customer's; an app writes only onto the contact its
 own account created (and nobody edited since); two accounts sharing a contact see only their
 own invoices; a merge is recorded in the contact's chatter."""
-import importlib.util
-import os
 
 from odoo.tests import new_test_user, tagged
 
-from .common import FusionBillingApiCase, FusionBillingCase, NexacloudSourceCase
+from .common import FusionBillingApiCase, FusionBillingCase, NexacloudSourceCase, load_migration
 from odoo.addons.fusion_centralize_billing.core.nexacloud_sample import sid
 
 ADMIN_EMAIL = "root.admin@nexasystems.example"
@@ -224,11 +222,7 @@ class TestIdentityMigration(FusionBillingCase):
     """Accounts made before 19.0.1.1.0 did not record whether they created their contact."""
 
     def migration(self):
-        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations", "19.0.1.1.0", "post-migrate.py")
-        spec = importlib.util.spec_from_file_location("fc_post_migrate_1_1", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_migration("19.0.1.1.0", "fc_post_migrate_1_1")
 
     def old_link(self, external_id, email, partner=None):
         """An account as the former code made it: its contact created with it, by the superuser."""
