@@ -426,20 +426,10 @@ class FusionBillingUsage(models.Model):
             return {}
         self.env.flush_all()
         now, uid = fields.Datetime.now(), self.env.uid
-        missing = [(order_id, metric_id, start, end) for order_id, (start, end) in periods_by_order.items()
+        missing = [(order_id, metric_id, start, end, 0, 0, None) for order_id, (start, end) in periods_by_order.items()
                    for metric_id in metric_ids_by_order.get(order_id, ())]
         if missing:
-            self.env.cr.execute(f"""
-                INSERT INTO fusion_billing_usage
-                       (subscription_id, metric_id, period_start, period_end, quantity, events_count, source, state,
-                        service_id, partner_id, company_id, create_uid, create_date, write_uid, write_date)
-                SELECT v.order_id, v.metric_id, v.start, v.stop, 0, 0, 'events', 'open',
-                       so.x_fc_service_id, so.partner_id, so.company_id, %s, %s, %s, %s
-                  FROM (VALUES {", ".join(["(%s, %s, %s::date, %s::date)"] * len(missing))})
-                       AS v(order_id, metric_id, start, stop)
-                  JOIN sale_order so ON so.id = v.order_id
-                ON CONFLICT (subscription_id, metric_id, period_start) DO NOTHING""",
-                [uid, now, uid, now] + [value for row in missing for value in row])
+            self._fc_insert_rows(missing)
         kept_apart = self._fc_sweep(periods_by_order, set(final_ids))
         keys = list(periods_by_order.items())
         self.env.cr.execute(f"""
