@@ -104,8 +104,8 @@ class FusionBillingUsage(models.Model):
         rows; then signal once per period that reaches its included quantity.
 
         ``groups``: [(subscription id, metric, period start, period end, events)], ``events`` rows
-        with id, timestamp, properties. A period whose row is no longer open (closed or billed)
-        takes no delta: its events are marked late at once. If the period closes while this
+        with id, timestamp, properties. A period whose row is no longer open (closed or billed), or
+        that the subscription's close has gone past (a metric no charge prices has no row), takes no delta: its events are marked late at once. If the period closes while this
         transaction runs, the delta lands after the close's fold and the next fold marks its
         events late (see ``_fc_fold``). Returns {(subscription id, metric id, period start):
         ``processed`` or ``late``}.
@@ -119,6 +119,7 @@ class FusionBillingUsage(models.Model):
             rows.append((subscription_id, metric.service_id.id, metric.id, start, end, quantity, len(events),
                          last_event_at, json.dumps([event["id"] for event in events])))
         self.flush_model()
+        self.env["sale.order"].flush_model(["x_fc_usage_closed_until"])
         cr = self.env.cr
         cr.execute(f"""
             WITH appended AS (
@@ -131,6 +132,9 @@ class FusionBillingUsage(models.Model):
                  WHERE NOT EXISTS (SELECT 1 FROM fusion_billing_usage u
                                     WHERE u.subscription_id = v.subscription_id AND u.metric_id = v.metric_id
                                       AND u.period_start = v.period_start AND u.state != 'open')
+                   -- a period the close has gone past is closed even without a row (as in _fc_fold)
+                   AND NOT EXISTS (SELECT 1 FROM sale_order so WHERE so.id = v.subscription_id
+                                      AND so.x_fc_usage_closed_until >= v.period_end)
                 RETURNING subscription_id, metric_id, period_start)
             SELECT a.subscription_id, a.metric_id, a.period_start, COALESCE(u.quota_notified, false)
               FROM appended a LEFT JOIN fusion_billing_usage u

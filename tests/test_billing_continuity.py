@@ -135,8 +135,9 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
         self.assertEqual(order.x_fc_usage_closed_until, date(2025, 2, 1))
         with freeze_time("2025-02-02"):
             sent = self.event("sub_logins", "login-jan", (2025, 1, 20), "logins")
+            event = self.env["fusion.billing.event"].browse(int(sent["lago_id"]))
+            self.assertEqual(event.state, "late", "late at once: its period is closed")
             self.env["fusion.billing.usage"]._fc_fold(order.ids)
-        event = self.env["fusion.billing.event"].browse(int(sent["lago_id"]))
         self.assertEqual(event.state, "late")
         self.assertFalse(order.x_fc_usage_ids.filtered(lambda u: u.metric_id.code == "logins"))
         self.assertFalse(self.stranded(order))
