@@ -1,7 +1,7 @@
 import json
 
 from odoo import api, fields, models
-from odoo.exceptions import ValidationError
+from odoo.exceptions import UserError, ValidationError
 
 from ..core import rating
 
@@ -98,10 +98,13 @@ class FusionBillingCharge(models.Model):
     @api.constrains("product_id")
     def _check_product_not_recurring(self):
         for charge in self.filtered("product_id.recurring_invoice"):
-            raise ValidationError(self.env._(
-                "Charge '%(name)s': its invoice product %(product)s is a recurring (subscription) product, which "
-                "Odoo's recurring run would bill again every period. Choose a product that is not recurring.",
-                name=charge.name, product=charge.product_id.display_name))
+            raise ValidationError(charge._fc_recurring_product_message(charge.product_id))
+
+    def _fc_recurring_product_message(self, product):
+        return self.env._(
+            "Charge '%(name)s': its invoice product %(product)s is a recurring (subscription) product, which "
+            "Odoo's recurring run would bill again every period. Choose a product that is not recurring.",
+            name=self.name, product=product.display_name)
 
     @api.onchange("plan_id")
     def _onchange_plan_id(self):
@@ -120,6 +123,15 @@ class FusionBillingCharge(models.Model):
         """Product of this charge's invoice lines (taxes, income account)."""
         self.ensure_one()
         return self.product_id or self.env.ref("fusion_centralize_billing.product_metered_usage")
+
+    def _fc_billing_product(self):
+        """``_fc_product`` for a usage line, refused when recurring (a charge saved before products
+        were checked, or a product changed since outside the ORM): the close sets the subscription
+        aside with this reason rather than add a line that Odoo would treat as recurring."""
+        product = self._fc_product()
+        if product.recurring_invoice:
+            raise UserError(self._fc_recurring_product_message(product))
+        return product
 
     def _fc_invoice_label(self, rating, first_day, last_day):
         """Invoice line text: metric, units, included quota and period."""

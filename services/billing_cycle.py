@@ -242,7 +242,7 @@ class BillingCycle:
         line_model = self.env["sale.order.line"].with_context(
             tracking_disable=True, sale_no_log_for_new_lines=True, fc_distribution_memo=memo)
         carriers = {order: order._fc_usage_carrier() for order in {row[0] for row in billable}}
-        products = {charge: charge._fc_product() for charge in {row[1] for row in billable}}
+        products = {charge: charge._fc_billing_product() for charge in {row[1] for row in billable}}
         taken, creates, writes, usage_of = set(), [], [], {}
         for order, charge, usage_id, rating, (start, end) in billable:
             carrier, product = carriers[order], products[charge]

@@ -868,6 +868,36 @@ class TestBillingRunIsolation(UsageBillingCase):
         final = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 1, 22))
         self.assertEqual(lines_of(final).mapped("price_subtotal"), [7.5, 6.0])
 
+    def test_a_charge_whose_product_became_recurring_before_the_check_is_set_aside_not_billed_every_period(self):
+        order = self.subscribe("sub_rec", customer="cus_rec")
+        self.recurring("2025-01-01 03:00:00")
+        self.push_january("sub_rec")
+        # A charge saved before products were checked (the constraint refuses it today): its product
+        # is recurring, so a usage line of it would be billed again by every recurring run.
+        self.env.cr.execute("UPDATE product_template SET recurring_invoice = true WHERE id = %s",
+                            [self.usage_product.product_tmpl_id.id])
+        self.usage_product.product_tmpl_id.invalidate_recordset(["recurring_invoice"])
+        with mute_logger("odoo.addons.fusion_centralize_billing.services.billing_cycle"):
+            self.recurring("2025-02-01 03:00:00")
+        february = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 2, 1))
+        self.assertEqual(lines_of(february).mapped("price_subtotal"), [49.0], "the fee only: usage is held back")
+        self.assertFalse(order.order_line.filtered("x_fc_line_kind"), "no usage line of a recurring product")
+        self.assertIn("NexaCloud usage", order.x_fc_billing_issue)
+        self.assertIn("recurring", order.x_fc_billing_issue)
+        self.assertEqual(set(order.x_fc_usage_ids.mapped("state")), {"open"}, "set aside, not half-billed")
+
+        self.env.cr.execute("UPDATE product_template SET recurring_invoice = false WHERE id = %s",
+                            [self.usage_product.product_tmpl_id.id])  # fixed
+        self.usage_product.product_tmpl_id.invalidate_recordset(["recurring_invoice"])
+        self.close("2025-02-01 12:00:00")
+        self.assertFalse(order.x_fc_billing_issue)
+        self.recurring("2025-03-01 03:00:00")
+        march = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 1))
+        self.assertEqual(lines_of(march).mapped("price_subtotal"), [49.0, 7.5, 6.0], "billed once, one period later")
+        self.recurring("2025-04-01 03:00:00")
+        april = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 4, 1))
+        self.assertEqual(lines_of(april).mapped("price_subtotal"), [49.0])
+
     def test_a_usage_row_a_late_event_created_meanwhile_does_not_fail_the_close(self):
         storage = self.charged_metric("storage_gb", "Storage", "max", "gb")
         order = self.subscribe("sub_row", customer="cus_row")
