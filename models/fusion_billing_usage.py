@@ -152,11 +152,9 @@ class FusionBillingUsage(models.Model):
             for subscription_id, metric_id, start in checked:
                 wanted[subscription_id, start].add(metric_id)
             live = self._fc_live_totals_many(list(wanted), metric_ids=wanted)
-            for subscription_id, metric_id, start in checked:
-                units = live.get((subscription_id, start), {}).get(metric_id, (0, 0))[0]
-                if units >= included[subscription_id, metric_id]:
-                    metric, end, _event_ids = events_of[(subscription_id, metric_id, start)]
-                    self._fc_notify_quota(subscription_id, metric, start, end, units)
+            self._fc_signal_quotas(
+                {key: live.get((key[0], key[2]), {}).get(key[1], (0, 0))[0] for key in checked},
+                {key: events_of[key][1] for key in checked}, included)
         return {key: "processed" if key in appended else "late" for key in events_of}
 
     @api.model
@@ -179,22 +177,7 @@ class FusionBillingUsage(models.Model):
         (the close folds first, so there it is the row itself). For a period not closed yet, that
         includes the usage filed under other periods that its close takes (``_fc_sweep``)."""
         totals = self._fc_live_totals_of(subscription.id, period_start)
-        first_start = subscription._fc_period(subscription.x_fc_usage_closed_until or subscription._fc_start())[0]
-        if period_start < first_start:
-            return totals  # a closed period: as it was closed
-        end = subscription._fc_period(period_start)[1]
-        # The first period to close takes every open period starting before its end; a later one,
-        # those starting after its own start (the ones before went with the periods before it).
-        first = period_start == first_start
-        after = "period_start != %(start)s" if first else "period_start > %(start)s"
-        self.env.cr.execute(f"""
-            SELECT period_start FROM fusion_billing_usage
-             WHERE subscription_id = %(subscription)s AND state = 'open' AND {after} AND period_start < %(end)s
-             UNION
-            SELECT period_start FROM fusion_billing_usage_delta
-             WHERE subscription_id = %(subscription)s AND {after} AND period_start < %(end)s""",
-                            {"subscription": subscription.id, "start": period_start, "end": end})
-        others = sorted(row[0] for row in self.env.cr.fetchall())
+        others = self._fc_merged_periods(subscription, period_start)
         if not others:
             return totals
         kinds, merged = {}, {metric_id: (units, count, None) for metric_id, (units, count) in totals.items()}
@@ -210,6 +193,28 @@ class FusionBillingUsage(models.Model):
                 merged[metric_id] = (self._fc_count_unique(subscription.id, metric_id, min(others[0], period_start), end),
                                      merged[metric_id][1], None)
         return {metric_id: (total[0], total[1]) for metric_id, total in merged.items()}
+
+    @api.model
+    def _fc_merged_periods(self, subscription, period_start):
+        """Sorted starts of the other periods whose open usage the close of ``subscription``'s
+        period ``period_start`` takes with it (``_fc_sweep``: usage filed before the billing grid
+        moved); none for a closed period (it stays as it was closed)."""
+        first_start = subscription._fc_period(subscription.x_fc_usage_closed_until or subscription._fc_start())[0]
+        if period_start < first_start:
+            return []
+        end = subscription._fc_period(period_start)[1]
+        # The first period to close takes every open period starting before its end; a later one,
+        # those starting after its own start (the ones before went with the periods before it).
+        first = period_start == first_start
+        after = "period_start != %(start)s" if first else "period_start > %(start)s"
+        self.env.cr.execute(f"""
+            SELECT period_start FROM fusion_billing_usage
+             WHERE subscription_id = %(subscription)s AND state = 'open' AND {after} AND period_start < %(end)s
+             UNION
+            SELECT period_start FROM fusion_billing_usage_delta
+             WHERE subscription_id = %(subscription)s AND {after} AND period_start < %(end)s""",
+                            {"subscription": subscription.id, "start": period_start, "end": end})
+        return sorted(row[0] for row in self.env.cr.fetchall())
 
     @api.model
     def _fc_live_totals_of(self, subscription_id, period_start):
@@ -372,11 +377,55 @@ class FusionBillingUsage(models.Model):
         # included quantity only together each saw the other's delta uncommitted, and neither
         # signalled. Still once per period (``_fc_notify_quota``).
         included = self._fc_included_quantities({key[0] for key in units}, {key[1] for key in units})
-        reached = sorted(key for key, total in units.items() if key[:2] in included and total >= included[key[:2]])
-        for key in reached:
+        self._fc_signal_quotas(units, {key: groups[key][0][4] for key in units}, included)
+
+    @api.model
+    def _fc_signal_quotas(self, units, ends, included):
+        """Signal the quotas used up: ``units`` {(subscription id, metric id, period start): the
+        period's total}, ``ends`` {key: period end}, ``included`` {(subscription id, metric id):
+        included quantity}. A period whose close takes usage filed under other periods (the billing
+        grid moved, ``_fc_merged_periods``) is checked on the merged total the close bills, and not
+        at all when that other usage has signalled already (once for what is billed together)."""
+        units = {key: total for key, total in units.items() if included.get(key[:2])}
+        if not units:
+            return
+        # Cheap first: only a period with other open usage before its end may take some (a later
+        # period only usage starting after its own start, the first one to close any).
+        pairs = sorted({(key[0], key[2], ends[key]) for key in units})
+        self.env["sale.order"].flush_model(["x_fc_usage_closed_until"])
+        self.env.cr.execute(f"""
+            WITH k(subscription_id, period_start, period_end) AS (
+                VALUES {", ".join(["(%s::int, %s::date, %s::date)"] * len(pairs))})
+            SELECT k.subscription_id, k.period_start FROM k JOIN sale_order so ON so.id = k.subscription_id
+             WHERE EXISTS (SELECT 1 FROM (SELECT period_start FROM fusion_billing_usage
+                                           WHERE subscription_id = k.subscription_id AND state = 'open'
+                                           UNION ALL
+                                          SELECT period_start FROM fusion_billing_usage_delta
+                                           WHERE subscription_id = k.subscription_id) o
+                            WHERE o.period_start != k.period_start AND o.period_start < k.period_end
+                              AND (o.period_start > k.period_start
+                                   OR k.period_start <= COALESCE(so.x_fc_usage_closed_until, 'infinity'::date)))""",
+                            [value for pair in pairs for value in pair])
+        for subscription_id, period_start in self.env.cr.fetchall():
+            subscription = self.env["sale.order"].browse(subscription_id)
+            others = self._fc_merged_periods(subscription, period_start)
+            if not others:
+                continue
+            totals = self._fc_live_totals(subscription, period_start)
+            self.env.cr.execute("""
+                SELECT DISTINCT metric_id FROM fusion_billing_usage
+                 WHERE subscription_id = %s AND period_start IN %s AND state = 'open' AND quota_notified""",
+                                (subscription_id, tuple(others)))
+            signalled = {row[0] for row in self.env.cr.fetchall()}
+            for key in [key for key in units if (key[0], key[2]) == (subscription_id, period_start)]:
+                if key[1] in signalled:
+                    del units[key]
+                else:
+                    units[key] = totals.get(key[1], (0, 0))[0]
+        metrics = self.env["fusion.billing.metric"].browse({key[1] for key in units})
+        for key in sorted(key for key, total in units.items() if total >= included[key[:2]]):
             subscription_id, metric_id, period_start = key
-            self._fc_notify_quota(subscription_id, self.env["fusion.billing.metric"].browse(metric_id), period_start,
-                                  groups[key][0][4], units[key])
+            self._fc_notify_quota(subscription_id, metrics.browse(metric_id), period_start, ends[key], units[key])
 
     @api.model
     def _cron_fold(self, batch_size=500):

@@ -5,7 +5,9 @@ terminated order's usage, when a draft invoice already holds it, and for the rec
 Every test drives the native recurring run of the ``sale_subscription`` stand-in and the app's API,
 as production does.
 """
+import json
 from datetime import date
+from unittest.mock import patch
 
 from freezegun import freeze_time
 
@@ -122,6 +124,48 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
         invoice = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 3, 15))
         self.assertEqual(lines_of(invoice).mapped("price_subtotal"), [49.0, 4.0], "180 GB, 80 above the quota")
         self.assertFalse(self.stranded(order))
+
+    def test_the_quota_counts_the_usage_filed_before_the_grid_moved(self):
+        """February's usage filed before a person moved the Date of Next Invoice from March 1 to March 15
+        is billed with the new grid's period (above): the included quota is checked on that same merged
+        total, at ingestion and by the fold, and signalled once, as the close will bill it."""
+        def reached(order):
+            found = self.env["fusion.billing.webhook"].sudo().search([
+                ("event_type", "=", "subscription.usage_threshold_reached"), ("service_id", "=", self.service.id)])
+            return [json.loads(hook.payload)["subscription"]["usage_threshold"]["units"] for hook in found
+                    if json.loads(hook.payload)["subscription"]["external_id"] == order.x_fc_external_id]
+
+        before, signalled = self.subscribe("sub_q1", customer="cus_q1"), self.subscribe("sub_q2", customer="cus_q2")
+        self.recurring("2025-01-01 03:00:00")
+        self.recurring("2025-02-01 03:00:00")
+        self.push("sub_q1", "q1-1", (2025, 2, 10), 80)
+        self.push("sub_q2", "q2-1", (2025, 2, 10), 150)
+        self.assertEqual((reached(before), reached(signalled)), ([], ["150.0"]))
+        with freeze_time("2025-02-12 09:00:00"):
+            (before | signalled).next_invoice_date = date(2025, 3, 15)
+            self.push("sub_q1", "q1-2", (2025, 2, 12, 10), 30)
+            self.push("sub_q2", "q2-2", (2025, 2, 12, 10), 30)
+        self.assertEqual(reached(before), ["110.0"], "80 GB filed before the move and 30 after: the quota is used up")
+        self.assertEqual(reached(signalled), ["150.0"], "signalled once for the usage the close bills together")
+        with freeze_time("2025-02-12 10:00:00"):
+            self.push("sub_q1", "q1-3", (2025, 2, 12, 11), 5)
+            self.env["fusion.billing.usage"]._fc_fold((before | signalled).ids)
+        self.assertEqual((reached(before), reached(signalled)), (["110.0"], ["150.0"]), "once per period")
+
+    def test_the_fold_signals_the_quota_on_the_merged_total(self):
+        order = self.subscribe("sub_q3", customer="cus_q3")
+        self.recurring("2025-01-01 03:00:00")
+        self.recurring("2025-02-01 03:00:00")
+        self.push("sub_q3", "q3-1", (2025, 2, 10), 80)
+        with freeze_time("2025-02-12 09:00:00"):
+            order.next_invoice_date = date(2025, 3, 15)
+            with patch.object(type(self.env["fusion.billing.usage"]), "_fc_notify_quota"):
+                self.push("sub_q3", "q3-2", (2025, 2, 12, 10), 30)  # as if a concurrent batch had hidden it
+            self.env["fusion.billing.usage"]._fc_fold(order.ids)
+        hooks = self.env["fusion.billing.webhook"].sudo().search([
+            ("event_type", "=", "subscription.usage_threshold_reached"), ("service_id", "=", self.service.id)])
+        self.assertEqual([json.loads(hook.payload)["subscription"]["usage_threshold"]["units"] for hook in hooks],
+                         ["110.0"], "the fold checks the total the close will bill")
 
     def test_events_of_a_metric_no_charge_prices_sent_after_the_close_are_late(self):
         """fixapi finding 12: the close makes rows only for charged metrics; a delta of an uncharged metric
