@@ -27,6 +27,14 @@ class ContinuityCase(UsageBillingCase):
         return order.x_fc_usage_ids.filtered(
             lambda u: u.state == "open" and order.x_fc_usage_closed_until and u.period_start < order.x_fc_usage_closed_until)
 
+    def billed_to_february(self, external_id, customer, gb):
+        """A subscription invoiced on January 1 and February 1, with ``gb`` GB used on February 10."""
+        order = self.subscribe(external_id, customer=customer)
+        self.recurring("2025-01-01 03:00:00")
+        self.recurring("2025-02-01 03:00:00")
+        self.push(external_id, f"{external_id}-feb", (2025, 2, 10), gb)
+        return order
+
     def event(self, external_id, transaction_id, when, code, properties=None):
         response = self.api("POST", "events", {"event": {
             "transaction_id": transaction_id, "external_subscription_id": external_id, "code": code,
@@ -108,10 +116,7 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
         """February's usage, filed before a person moved the Date of Next Invoice from March 1 to March 15
         (the grid moves to the 15th), is in the current usage of the period that will bill it, as the
         app's current_usage call and the order show it, and on the March 15 invoice."""
-        order = self.subscribe("sub_now", customer="cus_now")
-        self.recurring("2025-01-01 03:00:00")
-        self.recurring("2025-02-01 03:00:00")
-        self.push("sub_now", "now-1", (2025, 2, 10), 150)
+        order = self.billed_to_february("sub_now", "cus_now", 150)
         with freeze_time("2025-02-12 09:00:00"):
             order.next_invoice_date = date(2025, 3, 15)
             self.push("sub_now", "now-2", (2025, 2, 12, 10), 30)
@@ -135,11 +140,7 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
             return [json.loads(hook.payload)["subscription"]["usage_threshold"]["units"] for hook in found
                     if json.loads(hook.payload)["subscription"]["external_id"] == order.x_fc_external_id]
 
-        before, signalled = self.subscribe("sub_q1", customer="cus_q1"), self.subscribe("sub_q2", customer="cus_q2")
-        self.recurring("2025-01-01 03:00:00")
-        self.recurring("2025-02-01 03:00:00")
-        self.push("sub_q1", "q1-1", (2025, 2, 10), 80)
-        self.push("sub_q2", "q2-1", (2025, 2, 10), 150)
+        before, signalled = self.billed_to_february("sub_q1", "cus_q1", 80), self.billed_to_february("sub_q2", "cus_q2", 150)
         self.assertEqual((reached(before), reached(signalled)), ([], ["150.0"]))
         with freeze_time("2025-02-12 09:00:00"):
             (before | signalled).next_invoice_date = date(2025, 3, 15)
@@ -153,10 +154,7 @@ class TestUsageFollowsAMovingGrid(ContinuityCase):
         self.assertEqual((reached(before), reached(signalled)), (["110.0"], ["150.0"]), "once per period")
 
     def test_the_fold_signals_the_quota_on_the_merged_total(self):
-        order = self.subscribe("sub_q3", customer="cus_q3")
-        self.recurring("2025-01-01 03:00:00")
-        self.recurring("2025-02-01 03:00:00")
-        self.push("sub_q3", "q3-1", (2025, 2, 10), 80)
+        order = self.billed_to_february("sub_q3", "cus_q3", 80)
         with freeze_time("2025-02-12 09:00:00"):
             order.next_invoice_date = date(2025, 3, 15)
             with patch.object(type(self.env["fusion.billing.usage"]), "_fc_notify_quota"):
