@@ -16,9 +16,13 @@ _logger = logging.getLogger(__name__)
 
 # Written by code only (``code_fields``): when the app subscription ended (frees its external id,
 # bills its final period), how far its usage is closed, its status and trial in the app (what Odoo
-# bills and activates), the order that carries it on, and whether the app heard of that.
+# bills and activates), the order that carries it on, and whether the app heard of that; the plan
+# the app is told it changed from and its Stripe id (what the app sees); why its usage close failed
+# and how often (the job stops retrying after a day: only Retry Billing, as code, resets it).
 CODE_FIELDS = frozenset({"x_fc_terminated_at", "x_fc_usage_closed_until", "x_fc_source_status", "x_fc_trial_end",
-                         "x_fc_successor_id", "x_fc_handover_notified"})
+                         "x_fc_successor_id", "x_fc_handover_notified", "x_fc_previous_plan_code",
+                         "x_fc_stripe_subscription_id", "x_fc_billing_issue", "x_fc_billing_issue_at",
+                         "x_fc_billing_attempts"})
 # Which app and account an order is, and its id there (the app lists it, its events bill it): set by
 # code, or carried by the renewal or upsell quotation of an app subscription (Odoo's own steps).
 APP_FIELDS = frozenset({"x_fc_service_id", "x_fc_account_link_id", "x_fc_external_id"})
@@ -39,14 +43,14 @@ class SaleOrder(models.Model):
     x_fc_source_status = fields.Char(
         string="Status in App", copy=False, readonly=True, help="Status in the app's own billing (e.g. Stripe's), for information.")
     x_fc_stripe_subscription_id = fields.Char(
-        string="Stripe Subscription (info)", copy=False, help="Informational only: never used to charge.")
+        string="Stripe Subscription (info)", copy=False, readonly=True, help="Informational only: never used to charge.")
     x_fc_trial_end = fields.Date(
         string="Trial Ends", copy=False, readonly=True,
         help="The app's free trial ends on this day (copied by the import): Odoo bills nothing before it, "
              "neither the fee nor the trial's usage. Its first invoice is on that day, when Stripe would "
              "have charged it first.")
     x_fc_terminated_at = fields.Datetime(string="Terminated At", copy=False, readonly=True)
-    x_fc_previous_plan_code = fields.Char(string="Previous Plan Code", copy=False)
+    x_fc_previous_plan_code = fields.Char(string="Previous Plan Code", copy=False, readonly=True)
     x_fc_usage_ids = fields.One2many("fusion.billing.usage", "subscription_id", string="Usage")
     x_fc_current_usage_html = fields.Html(
         string="Current Usage", compute="_compute_x_fc_current_usage_html", sanitize=False,
@@ -119,7 +123,7 @@ class SaleOrder(models.Model):
         """Retry Billing: the next run of the usage job tries these set-aside subscriptions again."""
         if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_user"):
             raise AccessError(self.env._("Only Fusion Billing users may retry a subscription's billing."))
-        self.filtered("x_fc_billing_issue_at").sudo().write({"x_fc_billing_attempts": 0})
+        as_code(self.filtered("x_fc_billing_issue_at")).write({"x_fc_billing_attempts": 0})  # the person's own rights
         return True
 
     def _fc_portal_usage(self):

@@ -87,6 +87,31 @@ class TestCodeOnlyFields(FusionBillingCase):
             form.client_order_ref = "PO-42"
         self.assertEqual(self.order.client_order_ref, "PO-42")
 
+    def test_plan_history_stripe_id_and_billing_issue_are_written_by_code(self):
+        """What the app is told its previous plan was, the Stripe subscription id, and the billing
+        issue of a set-aside subscription (its retry count stops the usage job retrying it; clearing
+        it leaves the usage unbilled and the order out of Needs Attention): code only, for a
+        salesperson and a Fusion Billing user alike. Retry Billing is how a person resets the count."""
+        self.order.write({"x_fc_billing_issue": "ValidationError: no income account",
+                          "x_fc_billing_issue_at": "2026-11-20 10:00:00", "x_fc_billing_attempts": 24})
+        for user in (self.salesperson, self.billing_user):
+            order = self.order.with_user(user)
+            for vals in ({"x_fc_previous_plan_code": "enterprise"}, {"x_fc_stripe_subscription_id": "sub_forged"},
+                         {"x_fc_billing_issue": False}, {"x_fc_billing_issue_at": False},
+                         {"x_fc_billing_attempts": 0}):
+                self.assertRefused(lambda vals=vals: order.write(vals), (user.login, vals))  # noqa: B023
+            self.assertRefused(lambda: self.env["sale.order"].with_user(user).create({  # noqa: B023
+                "partner_id": self.partner.id, "x_fc_previous_plan_code": "basic"}), user.login)
+            fields_ = order.fields_get(["x_fc_previous_plan_code", "x_fc_stripe_subscription_id", "x_fc_billing_issue",
+                                        "x_fc_billing_issue_at", "x_fc_billing_attempts"], ["readonly"])
+            self.assertTrue(all(values["readonly"] for values in fields_.values()), fields_)
+        self.assertEqual((self.order.x_fc_billing_attempts, bool(self.order.x_fc_billing_issue_at)), (24, True))
+        # Retry Billing checks the person's group, then code resets the count (the issue stays shown
+        # until the next run bills it).
+        self.assertRefused(lambda: self.order.with_user(self.salesperson).action_fc_retry_billing())
+        self.order.with_user(self.billing_user).action_fc_retry_billing()
+        self.assertEqual((self.order.x_fc_billing_attempts, bool(self.order.x_fc_billing_issue_at)), (0, True))
+
     def test_salesperson_cannot_make_an_order_an_apps(self):
         """Which app an order belongs to (the app lists it, its events bill it) is set by code; a
         renewal or upsell quotation carries its subscription's app."""
