@@ -505,6 +505,11 @@ class SaleOrder(models.Model):
     def _get_update_prices_lines(self, *args, **kwargs):
         return super()._get_update_prices_lines(*args, **kwargs).filtered(lambda line: not line.x_fc_line_kind)
 
+    def _recompute_taxes(self, *args, **kwargs):
+        # Update Taxes (e.g. after a new fiscal position) maps the billing lines' taxes too: Odoo's own
+        # mapping of code-only fields, written as code with the person's own rights.
+        return super(SaleOrder, as_code(self))._recompute_taxes(*args, **kwargs)
+
     @api.model
     def _cron_close_usage_periods(self, batch_size=200):
         """Close what the native recurring run does not invoice (shadow, drafts, final periods,

@@ -4,9 +4,10 @@ from .code_fields import check_code_fields
 
 USAGE, PLAN_CREDIT = "usage", "plan_credit"
 # Written by code only (``code_fields``): what a billing line is, what it bills and whether it awaits
-# its invoice; and, on a billing line, what it bills (a quantity of 3 would bill the usage 3 times).
+# its invoice; and, on a billing line, what it bills (a quantity of 3 would bill the usage 3 times),
+# its discount and its taxes (Odoo's own Update Taxes maps them as code: ``sale.order._recompute_taxes``).
 CODE_FIELDS = frozenset({"x_fc_line_kind", "x_fc_charge_id", "x_fc_usage_id", "x_fc_pending"})
-BILLING_LINE_CODE_FIELDS = frozenset({"product_id", "product_uom_qty", "price_unit"})
+BILLING_LINE_CODE_FIELDS = frozenset({"product_id", "product_uom_qty", "price_unit", "discount", "tax_ids"})
 
 
 class SaleOrderLine(models.Model):
@@ -58,6 +59,16 @@ class SaleOrderLine(models.Model):
         return any(line.move_id.state == "draft" and line.move_id.move_type == "out_invoice"
                    and (self.x_fc_line_kind != USAGE or line.x_fc_usage_id == self.x_fc_usage_id)
                    for line in self.invoice_lines)
+
+    def _compute_tax_ids(self):
+        # A plan change's credit is taxed as the fee it gives back (its product has no taxes of its own),
+        # when Odoo maps the taxes again (Update Taxes); the billing cycle sets them so on creation.
+        credits = self.filtered(lambda line: line.x_fc_line_kind == PLAN_CREDIT)
+        res = super(SaleOrderLine, self - credits)._compute_tax_ids()
+        for line in credits:
+            line.tax_ids = line.order_id.order_line.filtered(
+                lambda fee: fee.product_id.recurring_invoice and not fee.x_fc_line_kind).tax_ids
+        return res
 
     def _compute_price_unit(self):
         # The billing cycle prices its lines (a rated amount, a prorated credit): the pricelist never does.

@@ -67,6 +67,46 @@ class TestCodeOnlyFields(FusionBillingCase):
         line.write({"name": "Bandwidth (November)", "product_uom_qty": 1})  # the same quantity is no change
         self.assertEqual((self.fee_line.product_uom_qty, self.usage_line.name), (2, "Bandwidth (November)"))
 
+    def test_salesperson_cannot_discount_or_untax_a_billing_line(self):
+        hst = self.env["account.tax"].create({"name": "HST 13%", "amount": 13, "type_tax_use": "sale"})
+        gst = self.env["account.tax"].create({"name": "GST 5%", "amount": 5, "type_tax_use": "sale"})
+        self.usage_line.tax_ids = hst
+        line = self.usage_line.with_user(self.salesperson)
+        for vals in ({"discount": 100.0}, {"tax_ids": [Command.clear()]}, {"tax_ids": [Command.link(gst.id)]}):
+            self.assertRefused(lambda vals=vals: line.write(vals), vals)
+        self.assertEqual((self.usage_line.discount, self.usage_line.tax_ids), (0.0, hst))
+        line.write({"tax_ids": [Command.set(hst.ids)], "discount": 0.0})  # the same values are no change
+        fee = self.fee_line.with_user(self.salesperson)
+        fee.write({"discount": 10.0, "tax_ids": [Command.set(hst.ids)]})  # ordinary lines stay the salesperson's
+        self.assertEqual((self.fee_line.discount, self.fee_line.tax_ids), (10.0, hst))
+
+    def test_salesperson_updates_taxes_and_discounts_an_order_with_billing_lines(self):
+        """Odoo's own Update Taxes (after a new fiscal position) maps the billing lines' taxes too, as
+        code: a plan change's credit keeps the taxes of the fee it gives back (its product has none).
+        Odoo's Discount on all order lines discounts what the salesperson prices, never the billing lines."""
+        hst = self.env["account.tax"].create({"name": "HST 13%", "amount": 13, "type_tax_use": "sale"})
+        self.base_product.taxes_id = hst
+        self.env.ref("fusion_centralize_billing.product_metered_usage").taxes_id = hst
+        self.env.ref("fusion_centralize_billing.product_plan_change_credit").taxes_id = False
+        credit = self.env["sale.order.line"].create({
+            "order_id": self.order.id, "product_id": self.env.ref("fusion_centralize_billing.product_plan_change_credit").id,
+            "product_uom_qty": 1, "price_unit": -10.0, "tax_ids": [Command.set(hst.ids)],
+            "x_fc_line_kind": "plan_credit", "x_fc_pending": True, "sequence": 1001})
+        self.order.order_line.tax_ids = hst
+        exempt = self.env["account.fiscal.position"].create({"name": "Tax exempt (no taxes)"})
+        order = self.order.with_user(self.salesperson)
+        order.fiscal_position_id = exempt
+        order.action_update_taxes()
+        self.assertFalse(self.order.order_line.tax_ids, "the fee, usage and credit lines all follow the fiscal position")
+        order.fiscal_position_id = False
+        order.action_update_taxes()
+        self.assertEqual([line.tax_ids for line in (self.fee_line, self.usage_line, credit)], [hst] * 3)
+
+        wizard = self.env["sale.order.discount"].with_user(self.salesperson).create({
+            "sale_order_id": self.order.id, "discount_type": "sol_discount", "discount_percentage": 0.1})
+        wizard.action_apply_discount()
+        self.assertEqual([line.discount for line in (self.fee_line, self.usage_line, credit)], [10.0, 0.0, 0.0])
+
     # ------------------------------------------------------------------ orders
     def test_salesperson_cannot_write_an_app_subscriptions_billing_state(self):
         order = self.order.with_user(self.salesperson)
