@@ -16,6 +16,16 @@ LAGO_PAYMENT_STATUS = {"paid": "succeeded", "in_payment": "succeeded", "reversed
 # what code sets is kept, never for people.
 CODE_FIELDS = frozenset({"x_fc_service_id", "x_fc_account_link_id", "x_fc_overdue_notified",
                          "x_fc_payment_status_notified", "x_fc_delivery_state"})
+# A journal item's usage period (what a usage row shows as billed and credited, what posting bills):
+# code only, except that Odoo's own copies of a move (Duplicate, and the reversal a Credit Note is)
+# carry it: a copy's new lines may carry the usage periods of the lines of the move copied, no other.
+LINE_CODE_FIELDS = frozenset({"x_fc_usage_id"})
+_CARRIED_KEY = "fusion_billing_usage_carried"
+
+
+class _CarriedUsage(frozenset):
+    """Usage ids the lines of a copy may carry, set by ``AccountMove.copy``: recognised only as this
+    type, which no RPC context (JSON or XML-RPC: lists, strings, numbers) can hold."""
 
 
 class AccountMove(models.Model):
@@ -51,6 +61,11 @@ class AccountMove(models.Model):
     def write(self, vals):
         check_code_fields(self, [vals], CODE_FIELDS)
         return super().write(vals)
+
+    def copy(self, *args, **kwargs):
+        """Odoo's Duplicate and reversals (``_reverse_moves`` copies the move) carry each line's usage period."""
+        carried = _CarriedUsage(self.line_ids.x_fc_usage_id.ids)
+        return super(AccountMove, self.with_context(**{_CARRIED_KEY: carried})).copy(*args, **kwargs).with_env(self.env)
 
     @api.depends("invoice_line_ids.sale_line_ids.order_id.x_fc_service_id")
     def _compute_x_fc_service_id(self):
@@ -284,6 +299,18 @@ class AccountMoveLine(models.Model):
     # Copied onto credit notes (reversals copy their lines), so what was credited is known per usage row.
     x_fc_usage_id = fields.Many2one("fusion.billing.usage", string="Usage Period", readonly=True,
                                     index="btree_not_null", ondelete="set null")
+
+    @api.model_create_multi
+    def create(self, vals_list):
+        carried = self.env.context.get(_CARRIED_KEY)
+        carried = carried if type(carried) is _CarriedUsage else frozenset()
+        check_code_fields(self, [vals for vals in vals_list if vals.get("x_fc_usage_id") not in carried],
+                          LINE_CODE_FIELDS, create=True)
+        return super().create(vals_list)
+
+    def write(self, vals):
+        check_code_fields(self, [vals], LINE_CODE_FIELDS)
+        return super().write(vals)
 
     def _api_fee_values(self, usage=None):
         """Lago fee of this invoice line; ``usage`` is the usage row it bills, if any."""

@@ -198,9 +198,55 @@ class TestCodeOnlyFields(FusionBillingCase):
             "subscription_id": self.order.id, "metric_id": self.metric_bandwidth.id, "period_start": "2026-12-01",
             "period_end": "2027-01-01", "quantity": 400})
         invoice = self.order._create_invoices()  # carries the pending usage line of November
-        invoice.with_user(self.accountant).write({"invoice_line_ids": [Command.create({
-            "name": "Bandwidth", "quantity": 1, "price_unit": 0.01, "x_fc_usage_id": open_usage.id})]})
+        naming = {"invoice_line_ids": [Command.create({
+            "name": "Bandwidth", "quantity": 1, "price_unit": 0.01, "x_fc_usage_id": open_usage.id})]}
+        self.assertRefused(lambda: invoice.with_user(self.accountant).write(naming), "a person cannot name it")
+        invoice.write(naming)  # code could: the usage it names is still not billed by the line
         invoice.with_user(self.accountant).action_post()
         self.assertEqual(invoice.state, "posted")
         self.assertEqual(self.usage.state, "billed", "the period its order line carries is billed")
         self.assertEqual((open_usage.state, open_usage.invoice_line_id), ("open", self.env["account.move.line"]))
+
+    def test_accountant_credits_a_usage_invoice_but_cannot_relink_usage(self):
+        """Odoo's reversal (Credit Note) and Duplicate carry each line's usage period, for an
+        accountant without any Fusion Billing group; a person cannot set, change or clear a line's
+        usage period (it decides what a usage row shows as credited, and what an invoice bills)."""
+        invoice = self.order._create_invoices()
+        invoice.action_post()
+        billed = invoice.invoice_line_ids.filtered("x_fc_usage_id")
+        self.assertEqual((billed.x_fc_usage_id, self.usage.state), (self.usage, "billed"))
+        other = self.env["fusion.billing.usage"].create({
+            "subscription_id": self.order.id, "metric_id": self.metric_bandwidth.id, "period_start": "2026-10-01",
+            "period_end": "2026-11-01", "quantity": 300, "state": "closed", "amount": 10.0})
+
+        reversal = self.env["account.move.reversal"].with_user(self.accountant).with_context(
+            active_model="account.move", active_ids=invoice.ids).create({
+                "reason": "Goodwill", "journal_id": invoice.journal_id.id})
+        reversal.refund_moves()
+        credit_note = invoice.reversal_move_ids
+        credited = credit_note.invoice_line_ids.filtered("x_fc_usage_id")
+        self.assertEqual(credited.x_fc_usage_id, self.usage, "the credit note's line credits the usage it reverses")
+        credit_note.with_user(self.accountant).action_post()
+        self.assertEqual(self.usage.credited_amount, 7.5)
+
+        line = credited.with_user(self.accountant)
+        for vals in ({"x_fc_usage_id": other.id}, {"x_fc_usage_id": False}):
+            self.assertRefused(lambda vals=vals: line.write(vals), vals)
+        draft = credit_note.with_user(self.accountant).copy()  # Duplicate carries it too
+        self.assertEqual(draft.invoice_line_ids.x_fc_usage_id, self.usage)
+        adding = {"invoice_line_ids": [Command.create({"name": "Bandwidth", "quantity": 1, "price_unit": 10.0,
+                                                       "x_fc_usage_id": other.id})]}
+        self.assertRefused(lambda: draft.write(adding), "a manual line naming a usage period")
+        self.assertRefused(lambda: draft.with_context(fusion_billing_usage_carried=[other.id]).write(adding),
+                           "no RPC context carries code's")
+        self.assertRefused(lambda: self.env["account.move"].with_user(self.accountant).create({
+            "move_type": "out_refund", "partner_id": self.order.partner_id.id, "reversed_entry_id": invoice.id,
+            "invoice_line_ids": adding["invoice_line_ids"]}), "nor a credit note made by hand")
+        self.assertEqual((other.move_line_ids, other.credited_amount), (self.env["account.move.line"], 0.0))
+        # The accountant's own Duplicate of the usage invoice carries its usage (so posting it is refused
+        # as billing it twice), and the accountant edits the rest of the line freely.
+        duplicate = invoice.with_user(self.accountant).copy()
+        self.assertEqual(duplicate.invoice_line_ids.filtered("x_fc_usage_id").x_fc_usage_id, self.usage)
+        draft_line = draft.invoice_line_ids.filtered("x_fc_usage_id")
+        draft_line.write({"name": "Bandwidth (goodwill)", "x_fc_usage_id": self.usage.id})  # the same usage: no change
+        self.assertEqual((draft_line.name, draft_line.x_fc_usage_id), ("Bandwidth (goodwill)", self.usage))
