@@ -1,6 +1,8 @@
 """Fields that drive money, usage periods and what an app sees are written by code only: a person
 with the native rights to a record (a salesperson on an order, an accountant on an invoice, a
 Fusion Billing user) cannot write them over RPC, while what Odoo does on their behalf still works."""
+from lxml import etree
+
 from odoo import Command
 from odoo.exceptions import AccessError
 from odoo.tests import Form, new_test_user, tagged
@@ -79,6 +81,15 @@ class TestCodeOnlyFields(FusionBillingCase):
         fee = self.fee_line.with_user(self.salesperson)
         fee.write({"discount": 10.0, "tax_ids": [Command.set(hst.ids)]})  # ordinary lines stay the salesperson's
         self.assertEqual((self.fee_line.discount, self.fee_line.tax_ids), (10.0, hst))
+        # The order form shows them read-only on billing lines (the list and the line's own form).
+        self.salesperson.group_ids |= self.env.ref("sale.group_discount_per_so_line")
+        arch = etree.fromstring(self.env["sale.order"].with_user(self.salesperson).get_views(
+            [(False, "form")])["views"]["form"]["arch"])
+        for name in ("tax_ids", "discount"):
+            nodes = arch.xpath(f"//field[@name='order_line']/list/field[@name='{name}']"
+                               f" | //field[@name='order_line']/form//field[@name='{name}']")
+            self.assertEqual(len(nodes), 2, name)
+            self.assertTrue(all("x_fc_line_kind" in node.get("readonly", "") for node in nodes), name)
 
     def test_salesperson_updates_taxes_and_discounts_an_order_with_billing_lines(self):
         """Odoo's own Update Taxes (after a new fiscal position) maps the billing lines' taxes too, as
