@@ -14,6 +14,8 @@ from . import fusion_billing_reconciliation_run_line
 from . import fusion_billing_import_run
 from . import fusion_billing_import_run_count
 from . import fusion_billing_import_run_line
+from . import fusion_billing_activation_run
+from . import fusion_billing_activation_run_line
 from . import res_partner
 from . import res_users
 from . import ir_http

@@ -81,6 +81,9 @@ class FusionBillingService(models.Model):
         string="Overview", compute="_compute_overview_html", sanitize=False,
         help="The current periods so far (usage and what Odoo would bill per metric), unbillable events, "
              "webhook failures, the latest reconciliation and the events received per day.")
+    activation_progress = fields.Char(
+        compute="_compute_activation_progress",
+        help="While an activation of the imported subscriptions is queued or running: how far it is.")
 
     _code_company_uniq = models.Constraint(
         "UNIQUE(company_id, code)", "A service code must be unique per company.")
@@ -122,6 +125,23 @@ class FusionBillingService(models.Model):
             service.last_reconciliation_run_id = run
             service.last_reconciliation_failed = run.state == "failed"
             service.last_reconciliation_summary = run.summary_html if run else False
+
+    def _compute_activation_progress(self):
+        runs = self.env["fusion.billing.activation.run"].sudo().search(
+            [("service_id", "in", self.ids), ("state", "in", ("queued", "running"))])
+        for service in self:
+            run = runs.filtered(lambda r, s=service: r.service_id == s)[:1]
+            if not run:
+                service.activation_progress = False
+            elif run.state == "queued":
+                service.activation_progress = self.env._(
+                    "Activation of the imported subscriptions queued by %(user)s: it starts in a moment.",
+                    user=run.user_id.name)
+            else:
+                service.activation_progress = self.env._(
+                    "Activating the imported subscriptions (asked by %(user)s): %(done)s of %(total)s drafts handled "
+                    "so far. Reload to follow; the chatter gives the outcome.",
+                    user=run.user_id.name, done=run.handled_count, total=run.draft_count)
 
     def _fc_latest_reconciliation_run(self, period_start=None):
         """The latest reconciliation run of this service (of ``period_start`` if given), failed or not.
@@ -332,64 +352,34 @@ class FusionBillingService(models.Model):
                                                "posting and charging for this app.", self.env.user.name))
         return True
 
-    def action_activate_subscriptions(self, batch_size=100):
-        """Live only: confirm this app's imported draft subscriptions, in batches, attaching the
-        customer's saved payment token when Odoo has one. Idempotent: confirmed ones are skipped.
+    def action_activate_subscriptions(self):
+        """Live only: queue the confirmation of this app's imported draft subscriptions and return at
+        once; the background job (``fusion.billing.activation.run``, ``services/activation.py``)
+        confirms them in batches committed one by one, attaching the customer's saved payment token
+        when Odoo has one, and posts the outcome here. Idempotent: confirmed ones are skipped.
         The app billed the current period: Odoo's first invoice is on the imported next invoice
         date (the next period's fee, and this period's usage from the cutover on). A trial's first
         invoice is at its end, without the trial's usage. Drafts Stripe does not bill (copied from
         an ``incomplete`` subscription: its first payment never went through) are never confirmed:
-        they stay drafts, and the message says how many."""
+        they stay drafts, and the message says how many. The job checks again, when it runs, that
+        the service is still live and that whoever pressed is (still) an administrator."""
         self.ensure_one()
         self._fc_check_manager()
         if self.billing_mode != "live":
             raise UserError(self.env._("Switch %s to live before activating its subscriptions.", self.name))
-        drafts = self.env["sale.order"].search([
-            ("x_fc_service_id", "=", self.id), ("is_subscription", "=", True), ("state", "in", ("draft", "sent")),
-            ("x_fc_terminated_at", "=", False)], order="id")
-        left = drafts.filtered(lambda order: order._fc_never_billed())
-        today = fields.Date.context_today(self)
-        stale = (drafts - left).filtered(lambda order: order._fc_stale_import())
-        orders = drafts - left - stale
-        confirmed = with_token = failed = in_trial = 0
-        errors = []
-        for offset in range(0, len(orders), batch_size):
-            for order in orders[offset:offset + batch_size]:
-                try:
-                    with self.env.cr.savepoint():
-                        token = self.env["payment.token"].sudo().search([
-                            ("partner_id", "child_of", order.partner_id.commercial_partner_id.id),
-                            ("active", "=", True)], limit=1)
-                        if token:
-                            order.payment_token_id = token
-                            with_token += 1
-                        plan = order.plan_id
-                        if plan.x_fc_product_id and plan.x_fc_product_id not in order.order_line.product_id:
-                            order.order_line = [Command.create(plan._fc_base_fee_line_values())]  # older imports
-                        order._fc_activate()
-                        order._fc_notify("subscription.updated")
-                        confirmed += 1
-                        in_trial += bool(order.x_fc_trial_end and order.x_fc_trial_end > today)
-                except (UserError, ValidationError) as error:
-                    failed += 1
-                    errors.append(f"{order.name}: {error}")
-        not_billed = self.env._(
-            " %(count)s left as drafts: Stripe does not bill them (incomplete: their first payment never went "
-            "through), so Odoo never will.", count=len(left)) if left else ""
-        not_billed += self.env._(
-            " %(count)s left as drafts: their Date of Next Invoice has passed, so Stripe has billed them since "
-            "the import (%(names)s): import again, then activate again.", count=len(stale),
-            names=", ".join(stale[:20].mapped("name")) + (", …" if len(stale) > 20 else "")) if stale else ""
-        self.message_post(body=self.env._(
-            "Activation by %(user)s: %(confirmed)s subscriptions confirmed (%(trials)s in trial, first invoiced "
-            "when their trial ends; %(token)s with a saved payment method), %(failed)s failed.%(not_billed)s"
-            "%(errors)s", user=self.env.user.name, confirmed=confirmed, trials=in_trial, token=with_token,
-            failed=failed, not_billed=not_billed, errors=("\n" + "\n".join(errors[:20])) if errors else ""))
+        run, created = self.env["fusion.billing.activation.run"]._queue(self)
+        if created:
+            title, message = self.env._("Activation queued"), self.env._(
+                "%(count)s draft subscriptions will be confirmed in the background, batch by batch. The service "
+                "shows the progress; its chatter gives the outcome when it is done.", count=run.draft_count)
+        else:
+            title, message = self.env._("Activation already under way"), self.env._(
+                "An activation asked by %(user)s is already %(state)s: nothing more was queued. Its outcome "
+                "will be in the chatter.", user=run.user_id.name,
+                state=dict(run._fields["state"]._description_selection(self.env))[run.state].lower())
         return {"type": "ir.actions.client", "tag": "display_notification", "params": {
-            "title": self.env._("Subscriptions activated"),
-            "message": self.env._("%(confirmed)s confirmed, %(failed)s failed, %(left)s left as drafts (see the "
-                                  "chatter).", confirmed=confirmed, failed=failed, left=len(left) + len(stale)),
-            "type": "warning" if failed or stale else "success", "sticky": bool(failed or stale)}}
+            "title": title, "message": message, "type": "info" if created else "warning", "sticky": False,
+            "next": {"type": "ir.actions.client", "tag": "soft_reload"}}}
 
     @api.model
     def _authenticate(self, plaintext):

@@ -19,3 +19,4 @@ from . import test_code_fields
 from . import test_api_collisions
 from . import test_usage_live_access
 from . import test_billing_continuity
+from . import test_activation

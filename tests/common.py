@@ -242,6 +242,17 @@ class FusionBillingFixtures:
     def _api_key(cls, service):
         return service.with_user(cls.billing_admin).action_generate_api_key()["context"]["default_key"]
 
+    def activate_subscriptions(self, user=None, service=None):
+        """Press *Activate Subscriptions* (it only queues a run), then let the background job run it,
+        as the scheduler would. Returns the run (``fusion.billing.activation.run``: one line per draft)."""
+        service = service or self.service
+        service.with_user(user or self.billing_admin).action_activate_subscriptions()
+        run = self.env["fusion.billing.activation.run"].search([("service_id", "=", service.id)], limit=1)
+        self.assertEqual(run.state, "queued", "the button confirms nothing itself")
+        self.env["fusion.billing.activation.run"]._cron_run_queued()
+        self.assertEqual(run.state, "done", run.error)
+        return run
+
 
 class FusionBillingCase(FusionBillingFixtures, TransactionCase):
     """ORM-level tests."""

@@ -226,7 +226,7 @@ class TestActivationClosesSkippedPeriods(ContinuityCase):
         self.push("sub_trial2", "t2-jan", (2025, 1, 20), 200)
         self.service.billing_mode = "live"
         with freeze_time("2025-01-22 09:00:00"):
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual((trial.state, trial.x_fc_usage_closed_until), ("sale", date(2025, 2, 3)))
         self.assertFalse(self.stranded(trial))
         january = trial.x_fc_usage_ids.filtered(lambda u: u.period_start == date(2025, 1, 3))

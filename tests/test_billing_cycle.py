@@ -624,7 +624,7 @@ class TestNativeLifecycle(UsageBillingCase):
 
         self.service.billing_mode = "live"
         with freeze_time("2025-01-20 09:00:00"):
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual((imported.state, imported.next_invoice_date), ("sale", date(2025, 2, 10)))
         self.recurring("2025-01-20 10:00:00")
         self.close("2025-01-20 10:00:00")
@@ -650,7 +650,7 @@ class TestNativeLifecycle(UsageBillingCase):
 
         self.service.billing_mode = "live"
         with freeze_time("2025-01-20 09:00:00"):
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual((shadow.state, shadow.next_invoice_date), ("sale", date(2025, 2, 5)),
                          "the app billed December 5 and January 5: Odoo's first invoice is February 5")
         self.assertEqual(started.next_invoice_date, date(2025, 2, 19), "the app billed its first period")
@@ -672,13 +672,13 @@ class TestNativeLifecycle(UsageBillingCase):
         fresh = self._create_subscription(external_id="sub_fresh", next_invoice_date="2025-02-10", **values)
         self.service.billing_mode = "live"
         with freeze_time("2025-01-20 09:00:00"):
-            result = self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            run = self.activate_subscriptions()
         self.assertEqual((stale.state, fresh.state), ("draft", "sale"))
         message = self.service.message_ids[0].body
         self.assertIn("1 subscriptions confirmed", message)
         self.assertIn("1 left as drafts: their Date of Next Invoice has passed, so Stripe has billed them since the "
                       f"import ({stale.name}): import again, then activate again.", message)
-        self.assertEqual(result["params"]["type"], "warning")
+        self.assertEqual(run.line_ids.filtered(lambda line: line.outcome == "stale").order_id, stale)
         self.recurring("2025-01-20 10:00:00")
         self.assertFalse(stale.invoice_ids, "Stripe's January 10 renewal is not billed again")
         with freeze_time("2025-01-20 11:00:00"), self.assertRaisesRegex(UserError, "Import it again"):
@@ -686,7 +686,7 @@ class TestNativeLifecycle(UsageBillingCase):
 
         stale.next_invoice_date = "2025-02-10"  # imported again
         with freeze_time("2025-01-21 09:00:00"):
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual(stale.state, "sale")
         self.recurring("2025-02-10 03:00:00")
         self.assertEqual(lines_of(stale.invoice_ids).mapped("price_subtotal"), [49.0])
@@ -703,7 +703,7 @@ class TestNativeLifecycle(UsageBillingCase):
         self.push("sub_trial", "trial-jan", (2025, 1, 25), 200)  # 100 GB above the quota, during the trial
         self.service.billing_mode = "live"
         with freeze_time("2025-01-22 09:00:00"):
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual((trial.state, trial.next_invoice_date), ("sale", date(2025, 2, 3)))
         self.assertIn("1 in trial", self.service.message_ids[0].body)
         self.recurring("2025-01-22 10:00:00")
@@ -776,7 +776,7 @@ class TestNativeLifecycle(UsageBillingCase):
                                                **values)
         self.service.billing_mode = "live"
         with freeze_time("2025-01-20 09:00:00"):
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual((paying.state, incomplete.state), ("sale", "draft"))
         message = self.service.message_ids[0].body
         self.assertIn("1 subscriptions confirmed", message)
@@ -785,7 +785,7 @@ class TestNativeLifecycle(UsageBillingCase):
         self.recurring("2025-02-10 03:00:00")
         self.assertEqual((len(paying.invoice_ids), len(incomplete.invoice_ids)), (1, 0))
         with freeze_time("2025-02-11 09:00:00"):  # activating again changes nothing
-            self.service.with_user(self.billing_admin).action_activate_subscriptions()
+            self.activate_subscriptions()
         self.assertEqual(incomplete.state, "draft")
 
 

@@ -256,7 +256,7 @@ class TestReconciliation(NexacloudSourceCase):
         # Those whose Date of Next Invoice has passed (e.g. s13 renewed on Nov 3, s14 and s21 on Nov 20):
         # Stripe billed that renewal since the import, so they wait for a new import.
         stale = orders.filtered(lambda o: o.next_invoice_date and o.next_invoice_date < date(2026, 11, 25))
-        self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.activate_subscriptions()
         self.assertLessEqual({sid("s", 13), sid("s", 14), sid("s", 21)}, set(stale.mapped("x_fc_external_id")))
         self.assertEqual((set(stale.mapped("state")), set((orders - stale).mapped("state"))), ({"draft"}, {"sale"}))
         self.assertIn(f"{len(stale)} left as drafts: their Date of Next Invoice has passed",
@@ -267,7 +267,7 @@ class TestReconciliation(NexacloudSourceCase):
                          (first.plan_id.x_fc_product_id, 19.0))
         self.assertFalse(orders.filtered("payment_token_id"), "no customer has a saved payment method in Odoo")
         self.assertIn(f"{len(orders)} subscriptions confirmed", self.service.message_ids[0].body)
-        self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        self.activate_subscriptions()
         self.assertIn("0 subscriptions confirmed", self.service.message_ids[0].body)
 
         self.service.with_user(self.billing_admin).action_switch_to_shadow()

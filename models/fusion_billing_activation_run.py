@@ -1,0 +1,198 @@
+import logging
+
+from odoo import api, fields, models
+from odoo.exceptions import AccessError
+
+from ..services import activation
+from ..services.activation import CONFIRMED, FAILED, NEVER_BILLED, STALE
+from . import batch_jobs
+
+_logger = logging.getLogger(__name__)
+
+MANAGER_GROUP = "fusion_centralize_billing.group_fusion_billing_manager"
+RUN_STATES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Refused")]
+BATCH_SIZE = 100
+CRON = "fusion_centralize_billing.ir_cron_activate_subscriptions"
+
+
+class FusionBillingActivationRun(models.Model):
+    """One press of *Activate Subscriptions*: queued by the button, run by the background job
+    (:meth:`_cron_run_queued`) in batches committed one by one, each draft claimed with
+    ``SKIP LOCKED`` and recorded once per run (a line, unique per run and order) in the same
+    transaction as its confirmation and webhook: a run interrupted by a killed worker resumes where
+    its last committed batch ended, and no order is confirmed or announced twice. Every field is
+    written by code: users can only read runs."""
+
+    _name = "fusion.billing.activation.run"
+    _description = "Subscription Activation Run"
+    _order = "id desc"
+    _check_company_auto = True
+
+    service_id = fields.Many2one("fusion.billing.service", required=True, readonly=True, index=True,
+                                 ondelete="cascade", check_company=True)
+    company_id = fields.Many2one(related="service_id.company_id", store=True, index=True)
+    user_id = fields.Many2one("res.users", string="Requested by", required=True, readonly=True)
+    state = fields.Selection(RUN_STATES, required=True, default="queued", readonly=True, index=True)
+    draft_count = fields.Integer(string="Drafts", readonly=True, help="Drafts to look at when the run was queued.")
+    handled_count = fields.Integer(string="Handled", compute="_compute_handled_count")
+    started_at = fields.Datetime(readonly=True)
+    finished_at = fields.Datetime(readonly=True)
+    error = fields.Text(readonly=True, help="Why the job refused the run.")
+    line_ids = fields.One2many("fusion.billing.activation.run.line", "run_id", string="Orders", readonly=True)
+
+    # One queued or running activation per service: a second press (even a concurrent one) adds none.
+    _one_open_per_service = models.UniqueIndex(
+        "(service_id) WHERE state IN ('queued', 'running')", "An activation of this service is already queued.")
+
+    def _compute_handled_count(self):
+        counts = dict(self.env["fusion.billing.activation.run.line"].sudo()._read_group(
+            [("run_id", "in", self.ids)], ["run_id"], ["__count"]))
+        for run in self:
+            run.handled_count = counts.get(run, 0)
+
+    # ------------------------------------------------------------------ queueing (the service's button)
+    @api.model
+    def _queue(self, service):
+        """Queue an activation of ``service`` for the current user (checked by the caller, and again
+        by the job). Returns ``(run, created)``: the run already queued or running, if any."""
+        Run = self.sudo()
+        open_run = Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1)
+        if open_run:
+            return open_run, False
+        drafts = self.env["sale.order"].sudo().search_count(self._draft_domain(service))
+        try:
+            with self.env.cr.savepoint():
+                run = Run.create({"service_id": service.id, "user_id": self.env.user.id, "draft_count": drafts})
+        except Exception:  # a concurrent press queued one first (unique index): show that one
+            open_run = Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1)
+            if not open_run:
+                raise
+            return open_run, False
+        self.env.ref(CRON).sudo()._trigger()
+        return run, True
+
+    @api.model
+    def _draft_domain(self, service):
+        return [("x_fc_service_id", "=", service.id), ("is_subscription", "=", True),
+                ("state", "in", ("draft", "sent")), ("x_fc_terminated_at", "=", False)]
+
+    # ------------------------------------------------------------------ the background job
+    @api.model
+    def _cron_run_queued(self, batch_size=BATCH_SIZE):
+        """Run the queued (and resume the interrupted) activations. Safe to run in several workers at
+        once: each draft is claimed by one of them; the last to finish posts the result."""
+        for run in self.sudo().search([("state", "in", ("queued", "running"))], order="id"):
+            if not run._run(batch_size):
+                return  # out of time: Odoo runs the job again at once
+
+    def _run(self, batch_size):
+        """Work on this run until its drafts are all handled; False when the job ran out of time."""
+        self.ensure_one()
+        refusal = self._refusal()
+        if refusal:
+            self._finish(refusal)
+            return True
+        if self.state == "queued" and batch_jobs.claim(self.env, """
+                SELECT id FROM fusion_billing_activation_run WHERE id = %s AND state = 'queued'
+                FOR UPDATE SKIP LOCKED""", [self.id]):
+            self.write({"state": "running", "started_at": fields.Datetime.now()})
+            if not batch_jobs.commit_batch(self.env, 0):
+                return False
+        requester = self.user_id
+        env = self.env(user=requester, su=False, context=dict(
+            self.env.context, allowed_company_ids=(self.company_id | requester.company_id).ids))
+        worker = activation.Activation(env, self.service_id)
+        retries = 0
+        while True:
+            order_ids = self._claim(batch_size)
+            if not order_ids:
+                break
+            try:
+                lines = [dict(zip(("outcome", "reason", "with_token", "in_trial"), worker.handle(order)),
+                              run_id=self.id, order_id=order.id)
+                         for order in env["sale.order"].browse(order_ids)]
+                self.env["fusion.billing.activation.run.line"].sudo().create(lines)
+                self.env.flush_all()
+            except batch_jobs.CONFLICTS as error:
+                self.env.invalidate_all()
+                retries = batch_jobs.retry_after_conflict(self.env, error, retries)
+                continue
+            retries = 0
+            if not batch_jobs.commit_batch(self.env, len(order_ids)):
+                return False
+        if self._pending_count():  # claimed by a concurrent worker that has not committed: it finishes
+            return True
+        self._finish()
+        return True
+
+    def _claim(self, batch_size):
+        """The next drafts of this run's service this run has not handled, locked for this worker."""
+        return batch_jobs.claim(self.env, """
+            SELECT o.id FROM sale_order o
+             WHERE o.x_fc_service_id = %(service)s AND o.is_subscription AND o.state IN ('draft', 'sent')
+               AND o.x_fc_terminated_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM fusion_billing_activation_run_line l
+                                WHERE l.run_id = %(run)s AND l.order_id = o.id)
+             ORDER BY o.id LIMIT %(limit)s
+               FOR UPDATE OF o SKIP LOCKED""", {"service": self.service_id.id, "run": self.id, "limit": batch_size})
+
+    def _pending_count(self):
+        handled = self.env["fusion.billing.activation.run.line"].sudo().search([("run_id", "=", self.id)])
+        return self.env["sale.order"].sudo().search_count(
+            self._draft_domain(self.service_id) + [("id", "not in", handled.order_id.ids)])
+
+    def _refusal(self):
+        """Why the job must not (or no longer) activate: checked when it runs, whoever queued it."""
+        requester, service = self.user_id, self.service_id
+        try:
+            if not requester._is_superuser():  # (the superuser, archived by Odoo, is code: odoo shell, scripts)
+                if not requester.active:
+                    raise AccessError(self.env._("%s is archived.", requester.name))
+                service.with_user(requester)._fc_check_manager()
+        except AccessError:
+            return self.env._("Refused: only a Fusion Billing administrator of %(service)s may activate its "
+                              "subscriptions; %(user)s, who asked, is not (now). Nothing was confirmed.",
+                              service=service.name, user=requester.name)
+        if service.billing_mode != "live":
+            return self.env._("Refused: %s was switched back to shadow before the activation ran. Nothing more "
+                              "was confirmed.", service.name)
+        return None
+
+    def _finish(self, refusal=None):
+        """Mark the run done (or refused) and post its outcome on the service, once: whoever holds
+        the run's row finishes it; a concurrent worker finds it finished."""
+        if not batch_jobs.claim(self.env, """
+                SELECT id FROM fusion_billing_activation_run WHERE id = %s AND state IN ('queued', 'running')
+                FOR UPDATE SKIP LOCKED""", [self.id]):
+            return
+        self.invalidate_recordset()
+        self.write({"state": "failed" if refusal else "done", "error": refusal or False,
+                    "finished_at": fields.Datetime.now()})
+        service = self.service_id.with_user(self.user_id)
+        service.sudo().message_post(body=refusal or self._summary(), author_id=self.user_id.partner_id.id)
+        batch_jobs.commit(self.env)
+
+    def _summary(self):
+        """Today's activation message: counts, what stays a draft and why, and the failures."""
+        Line = self.env["fusion.billing.activation.run.line"].sudo()
+        run = [("run_id", "=", self.id)]
+        counts = dict(Line._read_group(run, ["outcome"], ["__count"]))
+        confirmed = run + [("outcome", "=", CONFIRMED)]
+        left, stale, failed = counts.get(NEVER_BILLED, 0), counts.get(STALE, 0), counts.get(FAILED, 0)
+        not_billed = self.env._(
+            " %(count)s left as drafts: Stripe does not bill them (incomplete: their first payment never went "
+            "through), so Odoo never will.", count=left) if left else ""
+        not_billed += self.env._(
+            " %(count)s left as drafts: their Date of Next Invoice has passed, so Stripe has billed them since "
+            "the import (%(names)s): import again, then activate again.", count=stale,
+            names=", ".join(Line.search(run + [("outcome", "=", STALE)], limit=20).order_id.mapped("name"))
+            + (", …" if stale > 20 else "")) if stale else ""
+        errors = [f"{line.order_id.name}: {line.reason}"
+                  for line in Line.search(run + [("outcome", "=", FAILED)], limit=20)]
+        return self.env._(
+            "Activation by %(user)s: %(confirmed)s subscriptions confirmed (%(trials)s in trial, first invoiced "
+            "when their trial ends; %(token)s with a saved payment method), %(failed)s failed.%(not_billed)s"
+            "%(errors)s", user=self.user_id.name, confirmed=counts.get(CONFIRMED, 0),
+            trials=Line.search_count(confirmed + [("in_trial", "=", True)]),
+            token=Line.search_count(confirmed + [("with_token", "=", True)]),
+            failed=failed, not_billed=not_billed, errors=("\n" + "\n".join(errors)) if errors else "")
