@@ -63,6 +63,7 @@ class TestActivationIsQueued(FusionBillingCase):
         self.Run._cron_run_queued(batch_size=2)
         self.assertEqual((run.state, run.handled_count), ("done", 5))
         self.assertEqual(set(self.orders.mapped("state")), {"sale"})
+        self.service.invalidate_recordset(["activation_progress"])  # the form reloaded
         self.assertFalse(self.service.activation_progress)
         self.assertIn(f"Activation by {self.billing_admin.name}: 5 subscriptions confirmed",
                       self.service.message_ids[0].body)
