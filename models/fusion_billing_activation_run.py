@@ -1,5 +1,7 @@
 import logging
 
+import psycopg2.errors
+
 from odoo import api, fields, models
 from odoo.exceptions import AccessError
 
@@ -13,6 +15,13 @@ MANAGER_GROUP = "fusion_centralize_billing.group_fusion_billing_manager"
 RUN_STATES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Refused")]
 BATCH_SIZE = 100
 CRON = "fusion_centralize_billing.ir_cron_activate_subscriptions"
+# The drafts of a service a run has not handled yet (what ``_draft_domain`` selects, in SQL).
+UNHANDLED = """
+    FROM sale_order o
+   WHERE o.x_fc_service_id = %(service)s AND o.is_subscription AND o.state IN ('draft', 'sent')
+     AND o.x_fc_terminated_at IS NULL
+     AND NOT EXISTS (SELECT 1 FROM fusion_billing_activation_run_line l WHERE l.run_id = %(run)s AND l.order_id = o.id)
+"""
 
 
 class FusionBillingActivationRun(models.Model):
@@ -63,7 +72,7 @@ class FusionBillingActivationRun(models.Model):
         try:
             with self.env.cr.savepoint():
                 run = Run.create({"service_id": service.id, "user_id": self.env.user.id, "draft_count": drafts})
-        except Exception:  # a concurrent press queued one first (unique index): show that one
+        except psycopg2.errors.UniqueViolation:  # a concurrent press queued one first: show that one
             open_run = Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1)
             if not open_run:
                 raise
@@ -120,6 +129,7 @@ class FusionBillingActivationRun(models.Model):
             retries = 0
             if not batch_jobs.commit_batch(self.env, len(order_ids)):
                 return False
+            self.env.invalidate_all()  # 25,000 orders: keep the cache to one batch
         if self._pending_count():  # claimed by a concurrent worker that has not committed: it finishes
             return True
         self._finish()
@@ -127,19 +137,14 @@ class FusionBillingActivationRun(models.Model):
 
     def _claim(self, batch_size):
         """The next drafts of this run's service this run has not handled, locked for this worker."""
-        return batch_jobs.claim(self.env, """
-            SELECT o.id FROM sale_order o
-             WHERE o.x_fc_service_id = %(service)s AND o.is_subscription AND o.state IN ('draft', 'sent')
-               AND o.x_fc_terminated_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM fusion_billing_activation_run_line l
-                                WHERE l.run_id = %(run)s AND l.order_id = o.id)
-             ORDER BY o.id LIMIT %(limit)s
-               FOR UPDATE OF o SKIP LOCKED""", {"service": self.service_id.id, "run": self.id, "limit": batch_size})
+        return batch_jobs.claim(
+            self.env, f"SELECT o.id {UNHANDLED} ORDER BY o.id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED",  # noqa: S608
+            {"service": self.service_id.id, "run": self.id, "limit": batch_size})
 
     def _pending_count(self):
-        handled = self.env["fusion.billing.activation.run.line"].sudo().search([("run_id", "=", self.id)])
-        return self.env["sale.order"].sudo().search_count(
-            self._draft_domain(self.service_id) + [("id", "not in", handled.order_id.ids)])
+        """Drafts not handled yet, locked or not (a concurrent worker's uncommitted batch counts)."""
+        self.env.cr.execute(f"SELECT count(*) {UNHANDLED}", {"service": self.service_id.id, "run": self.id})  # noqa: S608
+        return self.env.cr.fetchone()[0]
 
     def _refusal(self):
         """Why the job must not (or no longer) activate: checked when it runs, whoever queued it."""
