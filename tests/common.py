@@ -174,6 +174,23 @@ def committed_catalog(env, name, aggregation="sum", **service_values):
     return service, metric, product, plan
 
 
+def remove_committed(env, ids):
+    """Remove what a test committed in real sessions (``env``, a real session's) with
+    :func:`committed_catalog`: ``ids`` holds ``service``, ``metric``, ``orders`` and ``catalog``
+    (``(model, id)`` pairs). The subscriptions' invoices are the caller's to remove first."""
+    cr, orders = env.cr, tuple(ids["orders"])
+    cr.execute("DELETE FROM fusion_billing_usage_delta WHERE subscription_id IN %s", [orders])
+    cr.execute("DELETE FROM fusion_billing_usage WHERE subscription_id IN %s", [orders])
+    for table in ("fusion_billing_event", "fusion_billing_webhook", "fusion_billing_charge",
+                  "fusion_billing_activation_run"):
+        cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [ids["service"]])  # noqa: S608
+    cr.execute("DELETE FROM sale_order WHERE id IN %s", [orders])
+    for model, record_id in ids["catalog"]:
+        env[model].browse(record_id).unlink()
+    env["fusion.billing.metric"].browse(ids["metric"]).unlink()
+    env["fusion.billing.service"].browse(ids["service"]).active = False
+
+
 class FusionBillingFixtures:
     """Shared fixtures: a CAD service with a metric, a catalog plan with a usage charge,
     and users of each Fusion Billing group."""

@@ -18,7 +18,8 @@ from odoo.exceptions import UserError
 from odoo.tests import TransactionCase, tagged
 
 from ..services.activation import Activation
-from .common import FusionBillingCase, committed_catalog, real_cursor, real_session, run_as_workers
+from .common import (FusionBillingCase, committed_catalog, real_cursor, real_session, remove_committed,
+                     run_as_workers)
 
 
 class _WorkerKilled(BaseException):
@@ -129,17 +130,7 @@ class TestActivationInBackground(TransactionCase):
 
     def _remove_committed(self):
         with real_session(self.env) as env:
-            cr, orders = env.cr, tuple(self.ids["orders"])
-            cr.execute("DELETE FROM fusion_billing_activation_run WHERE service_id = %s", [self.ids["service"]])
-            cr.execute("DELETE FROM fusion_billing_usage_delta WHERE subscription_id IN %s", [orders])
-            cr.execute("DELETE FROM fusion_billing_usage WHERE subscription_id IN %s", [orders])
-            for table in ("fusion_billing_event", "fusion_billing_webhook", "fusion_billing_charge"):
-                cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [self.ids["service"]])  # noqa: S608
-            cr.execute("DELETE FROM sale_order WHERE id IN %s", [orders])
-            for model, record_id in self.ids["catalog"]:
-                env[model].browse(record_id).unlink()
-            env["fusion.billing.metric"].browse(self.ids["metric"]).unlink()
-            env["fusion.billing.service"].browse(self.ids["service"]).active = False
+            remove_committed(env, self.ids)
 
     def press(self):
         with real_session(self.env) as env:

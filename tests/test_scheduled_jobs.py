@@ -16,7 +16,7 @@ from odoo.tests import TransactionCase, tagged
 
 from ..core import periods
 from ..services import billing_cycle
-from .common import committed_catalog, real_cursor, real_session
+from .common import committed_catalog, real_cursor, real_session, remove_committed
 
 
 @tagged("post_install", "-at_install")
@@ -51,15 +51,7 @@ class TestJobsUnderTheScheduler(TransactionCase):
             moves = env["account.move"].browse([row[0] for row in cr.fetchall()])
             moves.filtered(lambda m: m.state == "posted").button_draft()
             moves.with_context(force_delete=True).unlink()
-            cr.execute("DELETE FROM fusion_billing_usage_delta WHERE subscription_id IN %s", [orders])
-            cr.execute("DELETE FROM fusion_billing_usage WHERE subscription_id IN %s", [orders])
-            for table in ("fusion_billing_event", "fusion_billing_webhook", "fusion_billing_charge"):
-                cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [self.ids["service"]])  # noqa: S608
-            cr.execute("DELETE FROM sale_order WHERE id IN %s", [orders])
-            for model, record_id in self.ids["catalog"]:
-                env[model].browse(record_id).unlink()
-            env["fusion.billing.metric"].browse(self.ids["metric"]).unlink()
-            env["fusion.billing.service"].browse(self.ids["service"]).active = False
+            remove_committed(env, self.ids)
 
     def _cron(self, env, code):
         cron = env["ir.cron"].create({
@@ -98,6 +90,23 @@ class TestJobsUnderTheScheduler(TransactionCase):
             "model.with_context(fc_real_transactions=True)._cron_close_usage_periods(batch_size=1)")
         self.assertEqual(due, self.SUBSCRIPTIONS - ir_cron.MIN_RUNS_PER_JOB, "one batch per run of the job")
         self.assertTrue(asap, "work remains: the job is called again at once, not an hour later")
+
+    def test_the_activation_job_out_of_time_keeps_its_batches_and_runs_again_at_once(self):
+        """Activate Subscriptions at cutover, one draft per batch: each run of the job commits its
+        batch; out of time, the job says work remains, so Odoo runs it again at once."""
+        with real_session(self.env) as env:
+            service = env["fusion.billing.service"].browse(self.ids["service"])
+            service.billing_mode = "live"
+            service.action_activate_subscriptions()
+        asap, _due = self.run_under_scheduler("env['fusion.billing.activation.run'].with_context("
+                                              "fc_real_transactions=True)._cron_run_queued(batch_size=1)")
+        with real_session(self.env) as env:
+            orders = env["sale.order"].browse(self.ids["orders"])
+            run = env["fusion.billing.activation.run"].search([("service_id", "=", self.ids["service"])])
+            self.assertEqual(len(orders.filtered(lambda o: o.state == "sale")), ir_cron.MIN_RUNS_PER_JOB,
+                             "one committed batch per run of the job")
+            self.assertEqual((run.state, len(run.line_ids)), ("running", ir_cron.MIN_RUNS_PER_JOB))
+        self.assertTrue(asap, "work remains: the job is called again at once, not in ten minutes")
 
     def test_the_recurring_job_invoices_even_when_closing_usage_took_its_time(self):
         """Live subscriptions due today: Odoo's recurring job (our hook closes their usage first, a
