@@ -63,20 +63,28 @@ class FusionBillingActivationRun(models.Model):
     @api.model
     def _queue(self, service):
         """Queue an activation of ``service`` for the current user (checked by the caller, and again
-        by the job). Returns ``(run, created)``: the run already queued or running, if any."""
+        by the job). Returns ``(run, created)``: else the run already queued or running (empty when
+        it was queued by a concurrent press this transaction cannot see yet)."""
         Run = self.sudo()
         open_run = Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1)
         if open_run:
             return open_run, False
         drafts = self.env["sale.order"].sudo().search_count(self._draft_domain(service))
+        self.env.flush_all()
         try:
-            with self.env.cr.savepoint():
-                run = Run.create({"service_id": service.id, "user_id": self.env.user.id, "draft_count": drafts})
-        except psycopg2.errors.UniqueViolation:  # a concurrent press queued one first: show that one
-            open_run = Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1)
-            if not open_run:
-                raise
-            return open_run, False
+            # The unique index decides between concurrent presses; not logged: an expected conflict.
+            with self.env.cr.savepoint(flush=False):
+                self.env.cr.execute("""
+                    INSERT INTO fusion_billing_activation_run (service_id, company_id, user_id, state, draft_count,
+                                                               create_uid, create_date, write_uid, write_date)
+                    VALUES (%(service)s, %(company)s, %(user)s, 'queued', %(drafts)s,
+                            %(user)s, now() AT TIME ZONE 'UTC', %(user)s, now() AT TIME ZONE 'UTC')
+                    RETURNING id""", {"service": service.id, "company": service.company_id.id,
+                                      "user": self.env.uid, "drafts": drafts}, log_exceptions=False)
+                run = Run.browse(self.env.cr.fetchone()[0])
+        except psycopg2.errors.UniqueViolation:
+            # A concurrent press queued one first (its row is not in this transaction's snapshot).
+            return Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1), False
         self.env.ref(CRON).sudo()._trigger()
         return run, True
 

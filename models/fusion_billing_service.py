@@ -370,13 +370,18 @@ class FusionBillingService(models.Model):
         run, created = self.env["fusion.billing.activation.run"]._queue(self)
         if created:
             title, message = self.env._("Activation queued"), self.env._(
-                "%(count)s draft subscriptions will be confirmed in the background, batch by batch. The service "
-                "shows the progress; its chatter gives the outcome when it is done.", count=run.draft_count)
-        else:
+                "%(count)s draft subscriptions queued for activation: they are confirmed in the background, batch "
+                "by batch. The service shows the progress; its chatter gives the outcome when it is done.",
+                count=run.draft_count)
+        elif run:
             title, message = self.env._("Activation already under way"), self.env._(
                 "An activation asked by %(user)s is already %(state)s: nothing more was queued. Its outcome "
                 "will be in the chatter.", user=run.user_id.name,
                 state=dict(run._fields["state"]._description_selection(self.env))[run.state].lower())
+        else:
+            title, message = self.env._("Activation already under way"), self.env._(
+                "Someone queued an activation of %s at the same moment: nothing more was queued. Its outcome "
+                "will be in the chatter.", self.name)
         return {"type": "ir.actions.client", "tag": "display_notification", "params": {
             "title": title, "message": message, "type": "info" if created else "warning", "sticky": False,
             "next": {"type": "ir.actions.client", "tag": "soft_reload"}}}

@@ -50,7 +50,7 @@ class TestActivationIsQueued(FusionBillingCase):
     def test_the_button_confirms_nothing_in_the_request_and_a_second_press_queues_nothing(self):
         result = self.service.with_user(self.billing_admin).action_activate_subscriptions()
         self.assertEqual(result["params"]["title"], "Activation queued")
-        self.assertIn("5 draft subscriptions will be confirmed in the background", result["params"]["message"])
+        self.assertIn("5 draft subscriptions queued for activation", result["params"]["message"])
         self.assertEqual(set(self.orders.mapped("state")), {"draft"}, "nothing confirmed inside the request")
         run = self.Run.search([("service_id", "=", self.service.id)])
         self.assertEqual((run.state, run.user_id, run.draft_count), ("queued", self.billing_admin, 5))
@@ -190,3 +190,11 @@ class TestActivationInBackground(TransactionCase):
         errors = run_as_workers(self.env, partial(self.job, batch_size=3), workers=2)
         self.assertEqual(errors, [])
         self.assert_each_confirmed_and_announced_once()
+
+    def test_two_presses_at_once_queue_one_activation(self):
+        errors = run_as_workers(self.env, lambda env: env["fusion.billing.service"].browse(
+            self.ids["service"]).action_activate_subscriptions())
+        self.assertEqual(errors, [])
+        with real_session(self.env) as env:
+            runs = env["fusion.billing.activation.run"].search([("service_id", "=", self.ids["service"])])
+            self.assertEqual((len(runs), runs.state), (1, "queued"))
