@@ -12,7 +12,10 @@ from . import batch_jobs
 _logger = logging.getLogger(__name__)
 
 MANAGER_GROUP = "fusion_centralize_billing.group_fusion_billing_manager"
-RUN_STATES = [("queued", "Queued"), ("running", "Running"), ("done", "Done"), ("failed", "Refused")]
+# No "running" state: the run's row is not updated while workers record its orders (each line's
+# foreign key locks it; in REPEATABLE READ an update of it by another worker would make them fail).
+# Its progress is the count of its lines.
+RUN_STATES = [("queued", "Queued"), ("done", "Done"), ("failed", "Refused")]
 BATCH_SIZE = 100
 CRON = "fusion_centralize_billing.ir_cron_activate_subscriptions"
 # The drafts of a service a run has not handled yet (what ``_draft_domain`` selects, in SQL).
@@ -44,14 +47,13 @@ class FusionBillingActivationRun(models.Model):
     state = fields.Selection(RUN_STATES, required=True, default="queued", readonly=True, index=True)
     draft_count = fields.Integer(string="Drafts", readonly=True, help="Drafts to look at when the run was queued.")
     handled_count = fields.Integer(string="Handled", compute="_compute_handled_count")
-    started_at = fields.Datetime(readonly=True)
     finished_at = fields.Datetime(readonly=True)
     error = fields.Text(readonly=True, help="Why the job refused the run.")
     line_ids = fields.One2many("fusion.billing.activation.run.line", "run_id", string="Orders", readonly=True)
 
     # One queued or running activation per service: a second press (even a concurrent one) adds none.
     _one_open_per_service = models.UniqueIndex(
-        "(service_id) WHERE state IN ('queued', 'running')", "An activation of this service is already queued.")
+        "(service_id) WHERE state = 'queued'", "An activation of this service is already queued.")
 
     def _compute_handled_count(self):
         counts = dict(self.env["fusion.billing.activation.run.line"].sudo()._read_group(
@@ -66,7 +68,7 @@ class FusionBillingActivationRun(models.Model):
         by the job). Returns ``(run, created)``: else the run already queued or running (empty when
         it was queued by a concurrent press this transaction cannot see yet)."""
         Run = self.sudo()
-        open_run = Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1)
+        open_run = Run.search([("service_id", "=", service.id), ("state", "=", "queued")], limit=1)
         if open_run:
             return open_run, False
         drafts = self.env["sale.order"].sudo().search_count(self._draft_domain(service))
@@ -84,7 +86,7 @@ class FusionBillingActivationRun(models.Model):
                 run = Run.browse(self.env.cr.fetchone()[0])
         except psycopg2.errors.UniqueViolation:
             # A concurrent press queued one first (its row is not in this transaction's snapshot).
-            return Run.search([("service_id", "=", service.id), ("state", "in", ("queued", "running"))], limit=1), False
+            return Run.search([("service_id", "=", service.id), ("state", "=", "queued")], limit=1), False
         self.env.ref(CRON).sudo()._trigger()
         return run, True
 
@@ -98,7 +100,7 @@ class FusionBillingActivationRun(models.Model):
     def _cron_run_queued(self, batch_size=BATCH_SIZE):
         """Run the queued (and resume the interrupted) activations. Safe to run in several workers at
         once: each draft is claimed by one of them; the last to finish posts the result."""
-        for run in self.sudo().search([("state", "in", ("queued", "running"))], order="id"):
+        for run in self.sudo().search([("state", "=", "queued")], order="id"):
             if not run._run(batch_size):
                 return  # out of time: Odoo runs the job again at once
 
@@ -109,11 +111,6 @@ class FusionBillingActivationRun(models.Model):
         if refusal:
             self._finish(refusal)
             return True
-        if self.state == "queued" and batch_jobs.claim(self.env, """
-                SELECT id FROM fusion_billing_activation_run WHERE id = %s AND state = 'queued'
-                FOR UPDATE SKIP LOCKED""", [self.id]):
-            self.write({"state": "running", "started_at": fields.Datetime.now()})
-            batch_jobs.commit(self.env)
         requester = self.user_id
         env = self.env(user=requester, su=False, context=dict(
             self.env.context, allowed_company_ids=(self.company_id | requester.company_id).ids))
@@ -174,7 +171,7 @@ class FusionBillingActivationRun(models.Model):
         """Mark the run done (or refused) and post its outcome on the service, once: whoever holds
         the run's row finishes it; a concurrent worker finds it finished."""
         if not batch_jobs.claim(self.env, """
-                SELECT id FROM fusion_billing_activation_run WHERE id = %s AND state IN ('queued', 'running')
+                SELECT id FROM fusion_billing_activation_run WHERE id = %s AND state = 'queued'
                 FOR UPDATE SKIP LOCKED""", [self.id]):
             return
         self.invalidate_recordset()

@@ -128,12 +128,12 @@ class FusionBillingService(models.Model):
 
     def _compute_activation_progress(self):
         runs = self.env["fusion.billing.activation.run"].sudo().search(
-            [("service_id", "in", self.ids), ("state", "in", ("queued", "running"))])
+            [("service_id", "in", self.ids), ("state", "=", "queued")])
         for service in self:
             run = runs.filtered(lambda r, s=service: r.service_id == s)[:1]
             if not run:
                 service.activation_progress = False
-            elif run.state == "queued":
+            elif not run.handled_count:
                 service.activation_progress = self.env._(
                     "Activation of the imported subscriptions queued by %(user)s: it starts in a moment.",
                     user=run.user_id.name)
@@ -375,9 +375,9 @@ class FusionBillingService(models.Model):
                 count=run.draft_count)
         elif run:
             title, message = self.env._("Activation already under way"), self.env._(
-                "An activation asked by %(user)s is already %(state)s: nothing more was queued. Its outcome "
-                "will be in the chatter.", user=run.user_id.name,
-                state=dict(run._fields["state"]._description_selection(self.env))[run.state].lower())
+                "An activation asked by %(user)s is already queued or running (%(done)s of %(total)s drafts "
+                "handled): nothing more was queued. Its outcome will be in the chatter.", user=run.user_id.name,
+                done=run.handled_count, total=run.draft_count)
         else:
             title, message = self.env._("Activation already under way"), self.env._(
                 "Someone queued an activation of %s at the same moment: nothing more was queued. Its outcome "

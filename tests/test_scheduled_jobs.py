@@ -105,7 +105,7 @@ class TestJobsUnderTheScheduler(TransactionCase):
             run = env["fusion.billing.activation.run"].search([("service_id", "=", self.ids["service"])])
             self.assertEqual(len(orders.filtered(lambda o: o.state == "sale")), ir_cron.MIN_RUNS_PER_JOB,
                              "one committed batch per run of the job")
-            self.assertEqual((run.state, len(run.line_ids)), ("running", ir_cron.MIN_RUNS_PER_JOB))
+            self.assertEqual((run.state, len(run.line_ids)), ("queued", ir_cron.MIN_RUNS_PER_JOB))
         self.assertTrue(asap, "work remains: the job is called again at once, not in ten minutes")
 
     def test_the_recurring_job_invoices_even_when_closing_usage_took_its_time(self):
