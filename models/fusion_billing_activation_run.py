@@ -16,7 +16,10 @@ MANAGER_GROUP = "fusion_centralize_billing.group_fusion_billing_manager"
 # foreign key locks it; in REPEATABLE READ an update of it by another worker would make them fail).
 # Its progress is the count of its lines.
 RUN_STATES = [("queued", "Queued"), ("done", "Done"), ("failed", "Refused")]
-BATCH_SIZE = 100
+# A cron worker's unit of work is also cut by --limit-time-cpu (60 s by default): after its 10 s
+# budget (ir.cron MIN_TIME_PER_JOB) Odoo still calls a job that reports work left up to 9 more
+# times, one batch each. Batches of 50 (about 2 s) keep that unit well inside the limit.
+BATCH_SIZE = 50
 CRON = "fusion_centralize_billing.ir_cron_activate_subscriptions"
 # The drafts of a service a run has not handled yet (what ``_draft_domain`` selects, in SQL).
 UNHANDLED = """
