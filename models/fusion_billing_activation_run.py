@@ -1,5 +1,3 @@
-import logging
-
 import psycopg2.errors
 
 from odoo import api, fields, models
@@ -9,9 +7,6 @@ from ..services import activation
 from ..services.activation import CONFIRMED, FAILED, NEVER_BILLED, STALE
 from . import batch_jobs
 
-_logger = logging.getLogger(__name__)
-
-MANAGER_GROUP = "fusion_centralize_billing.group_fusion_billing_manager"
 # No "running" state: the run's row is not updated while workers record its orders (each line's
 # foreign key locks it; in REPEATABLE READ an update of it by another worker would make them fail).
 # Its progress is the count of its lines.

@@ -82,7 +82,6 @@ class TestActivationIsQueued(FusionBillingCase):
                 raise UserError("its customer has no billing address")
             return activate(order)
 
-        run = None
         with patch.object(type(self.env["sale.order"]), "_fc_activate", fails_for_one):
             run = self.activate_subscriptions()
         self.assertEqual(poisoned.state, "draft")
