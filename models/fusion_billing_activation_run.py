@@ -202,4 +202,5 @@ class FusionBillingActivationRun(models.Model):
             "%(errors)s", user=self.user_id.name, confirmed=counts.get(CONFIRMED, 0),
             trials=Line.search_count(confirmed + [("in_trial", "=", True)]),
             token=Line.search_count(confirmed + [("with_token", "=", True)]),
-            failed=failed, not_billed=not_billed, errors=("\n" + "\n".join(errors)) if errors else "")
+            failed=failed, not_billed=not_billed, errors=("\n" + "\n".join(errors)) if errors else "") + (
+            self.env._(" All %s failures are listed under Activation.", failed) if failed > 20 else "")

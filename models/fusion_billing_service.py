@@ -157,6 +157,14 @@ class FusionBillingService(models.Model):
         action["domain"] = [("service_id", "=", self.id)]
         return action
 
+    def action_view_activation_orders(self):
+        """What the activations of this service did with each draft, failures first to look at."""
+        self.ensure_one()
+        return {"type": "ir.actions.act_window", "name": self.env._("Activation of %s", self.name),
+                "res_model": "fusion.billing.activation.run.line", "view_mode": "list",
+                "domain": [("run_id.service_id", "=", self.id)],
+                "context": {"search_default_group_run": 1, "search_default_group_outcome": 1}}
+
     def _compute_overview_html(self):
         for service in self:
             if not service.id:

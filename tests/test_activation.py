@@ -91,6 +91,10 @@ class TestActivationIsQueued(FusionBillingCase):
         self.assertIn("1 failed", message)
         self.assertIn(f"{poisoned.name}: its customer has no billing address", message)
         self.assertEqual(run.line_ids.filtered(lambda line: line.outcome == "failed").order_id, poisoned)
+        action = self.service.with_user(self.billing_user).action_view_activation_orders()  # the service's button
+        listed = self.env[action["res_model"]].with_user(self.billing_user).search(action["domain"])
+        self.assertEqual(listed.filtered(lambda line: line.outcome == "failed").order_id.ids, poisoned.ids)
+        self.assertEqual(len(listed), 5, "every draft's outcome, for any Fusion Billing user")
         self.assertFalse(self.env["fusion.billing.webhook"].search([("object_ref", "=", f"sale.order,{poisoned.id}")]),
                          "nothing announced for the order that failed")
 
