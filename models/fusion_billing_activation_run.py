@@ -10,7 +10,7 @@ from . import batch_jobs
 # No "running" state: the run's row is not updated while workers record its orders (each line's
 # foreign key locks it; in REPEATABLE READ an update of it by another worker would make them fail).
 # Its progress is the count of its lines.
-RUN_STATES = [("queued", "Queued"), ("done", "Done"), ("failed", "Refused")]
+RUN_STATES = [("queued", "Queued"), ("done", "Done"), ("failed", "Refused or Stopped")]
 # A cron worker's unit of work is also cut by --limit-time-cpu (60 s by default): after its 10 s
 # budget (ir.cron MIN_TIME_PER_JOB) Odoo still calls a job that reports work left up to 9 more
 # times, one batch each. Batches of 50 (about 2 s) keep that unit well inside the limit.
@@ -105,16 +105,16 @@ class FusionBillingActivationRun(models.Model):
     def _run(self, batch_size):
         """Work on this run until its drafts are all handled; False when the job ran out of time."""
         self.ensure_one()
-        refusal = self._refusal()
-        if refusal:
-            self._finish(refusal)
-            return True
         requester = self.user_id
         env = self.env(user=requester, su=False, context=dict(
             self.env.context, allowed_company_ids=(self.company_id | requester.company_id).ids))
         worker = activation.Activation(env, self.service_id)
         retries = 0
         while True:
+            refusal = self._refusal()  # checked again before each batch: a switch back to shadow stops it
+            if refusal:
+                self._finish(refusal)
+                return True
             order_ids = self._claim(batch_size)
             if not order_ids:
                 break
@@ -161,7 +161,7 @@ class FusionBillingActivationRun(models.Model):
                               "subscriptions; %(user)s, who asked, is not (now). Nothing was confirmed.",
                               service=service.name, user=requester.name)
         if service.billing_mode != "live":
-            return self.env._("Refused: %s was switched back to shadow before the activation ran. Nothing more "
+            return self.env._("Stopped: %s was switched back to shadow before the activation ended. Nothing more "
                               "was confirmed.", service.name)
         return None
 
@@ -176,7 +176,8 @@ class FusionBillingActivationRun(models.Model):
         self.write({"state": "failed" if refusal else "done", "error": refusal or False,
                     "finished_at": fields.Datetime.now()})
         service = self.service_id.with_user(self.user_id)
-        service.sudo().message_post(body=refusal or self._summary(), author_id=self.user_id.partner_id.id)
+        body = self._summary() if not refusal else refusal + (" " + self._summary() if self.line_ids else "")
+        service.sudo().message_post(body=body, author_id=self.user_id.partner_id.id)
         batch_jobs.commit(self.env)
 
     def _summary(self):

@@ -98,6 +98,22 @@ class TestActivationIsQueued(FusionBillingCase):
         self.assertFalse(self.env["fusion.billing.webhook"].search([("object_ref", "=", f"sale.order,{poisoned.id}")]),
                          "nothing announced for the order that failed")
 
+    def test_a_switch_back_to_shadow_stops_the_job_before_its_next_batch(self):
+        self.service.with_user(self.billing_admin).action_activate_subscriptions()
+        handle, service = Activation.handle, self.service
+
+        def then_back_to_shadow(worker, order):
+            outcome = handle(worker, order)
+            service.sudo().billing_mode = "shadow"  # pressed meanwhile, committed before the next batch
+            return outcome
+
+        with patch.object(Activation, "handle", then_back_to_shadow):
+            self.Run._cron_run_queued(batch_size=2)
+        self.assertEqual(self.orders.mapped("state"), ["sale", "sale", "draft", "draft", "draft"])
+        message = self.service.message_ids[0].body
+        self.assertIn("Stopped: NexaCloud was switched back to shadow before the activation ended", message)
+        self.assertIn("2 subscriptions confirmed", message)
+
     def test_the_job_refuses_when_the_service_went_back_to_shadow_or_the_requester_is_no_administrator(self):
         self.service.with_user(self.billing_admin).action_activate_subscriptions()
         self.service.billing_mode = "shadow"
@@ -105,7 +121,7 @@ class TestActivationIsQueued(FusionBillingCase):
         run = self.Run.search([("service_id", "=", self.service.id)])
         self.assertEqual(run.state, "failed")
         self.assertIn("switched back to shadow", run.error)
-        self.assertIn("Refused", self.service.message_ids[0].body)
+        self.assertIn("Nothing more was confirmed", self.service.message_ids[0].body)
 
         self.service.billing_mode = "live"
         self.service.with_user(self.billing_admin).action_activate_subscriptions()
