@@ -431,19 +431,25 @@ class FusionBillingUsage(models.Model):
     def _cron_fold(self, batch_size=500):
         """Fold the deltas of every subscription that has some, a batch at a time: keeps the deltas
         readers add up few, and marks late the events of periods closed meanwhile. Subscriptions
-        the period close holds are skipped (it folds them itself); each batch commits."""
+        the period close holds are skipped (it folds them itself); each batch commits.
+
+        A subscription whose fold fails is set aside as a failed close is (its reason on it, *Needs
+        Attention*, one more billing attempt) and the rest of its batch is folded; after
+        ``MAX_BILLING_ATTEMPTS`` it is no longer claimed, until someone presses *Retry Billing*."""
+        from ..services.billing_cycle import MAX_BILLING_ATTEMPTS, BillingCycle  # noqa: PLC0415
         from . import batch_jobs  # noqa: PLC0415
 
         self.env.cr.execute("SELECT DISTINCT subscription_id FROM fusion_billing_usage_delta")
         pending = [row[0] for row in self.env.cr.fetchall()]
-        conflicts = 0
+        cycle, conflicts = BillingCycle(self.env), 0
         for offset in range(0, len(pending), batch_size):
             chunk = tuple(pending[offset:offset + batch_size])
             while True:
                 claimed = batch_jobs.claim(self.env, """
-                    SELECT id FROM sale_order WHERE id IN %s ORDER BY id FOR NO KEY UPDATE SKIP LOCKED""", (chunk,))
+                    SELECT id FROM sale_order WHERE id IN %s AND COALESCE(x_fc_billing_attempts, 0) < %s
+                     ORDER BY id FOR NO KEY UPDATE SKIP LOCKED""", (chunk, MAX_BILLING_ATTEMPTS))
                 try:
-                    self._fc_fold(claimed)
+                    cycle._isolated(cycle.orders.browse(claimed), lambda orders: self._fc_fold(orders.ids), clear=False)
                     if not batch_jobs.commit_batch(self.env, len(claimed)):
                         return
                     conflicts = 0

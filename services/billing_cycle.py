@@ -159,10 +159,12 @@ class BillingCycle:
                 _logger.warning("Billing cycle: batch rolled back after a conflict with another worker, "
                                 "claiming it again: %s", str(error).strip())
 
-    def _isolated(self, orders, work):
+    def _isolated(self, orders, work, clear=True):
         """``work(orders)`` in a savepoint; should it fail, each order alone, and the ones that still
         fail are set aside with their reason while the others go on. Returns the set-aside orders.
-        Conflicts with other workers are not failures: they roll the batch back (caller retries)."""
+        Conflicts with other workers are not failures: they roll the batch back (caller retries).
+        ``clear=False``: work that is only part of billing (the fold job) sets aside, never clears
+        an earlier failure's reason and count (only a close that succeeds does)."""
         if not orders:
             return orders
         try:
@@ -182,9 +184,11 @@ class BillingCycle:
                     failed[order] = error
             self._set_aside(failed)
             done = orders - self.orders.browse([order.id for order in failed])
-            done.filtered("x_fc_billing_issue_at").sudo().write(CLEARED)
+            if clear:
+                done.filtered("x_fc_billing_issue_at").sudo().write(CLEARED)
             return self.orders.browse([order.id for order in failed])
-        orders.filtered("x_fc_billing_issue_at").sudo().write(CLEARED)
+        if clear:
+            orders.filtered("x_fc_billing_issue_at").sudo().write(CLEARED)
         return self.orders
 
     def _set_aside(self, failed):

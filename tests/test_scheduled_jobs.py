@@ -6,6 +6,7 @@ and our hook inside Odoo's own recurring job must never make that job skip its i
 Everything is committed in real sessions (as workers see it) and removed afterwards; the time
 budget is cut to zero so that the limit is reached after the first batch.
 """
+from ast import literal_eval
 from datetime import date
 from functools import partial
 from unittest.mock import patch
@@ -13,14 +14,18 @@ from unittest.mock import patch
 from odoo import Command
 from odoo.addons.base.models import ir_cron
 from odoo.tests import TransactionCase, tagged
+from odoo.tools import mute_logger
 
 from ..core import periods
 from ..services import billing_cycle
 from .common import committed_catalog, real_cursor, real_session, remove_committed
 
+CYCLE_LOG = "odoo.addons.fusion_centralize_billing.services.billing_cycle"
 
-@tagged("post_install", "-at_install")
-class TestJobsUnderTheScheduler(TransactionCase):
+
+class CommittedJobsCase(TransactionCase):
+    """A committed service with ``SUBSCRIPTIONS`` subscriptions, removed after each test, and a way to
+    run a job as Odoo's cron worker does."""
 
     SUBSCRIPTIONS = 14
 
@@ -83,6 +88,10 @@ class TestJobsUnderTheScheduler(TransactionCase):
             due = env.cr.fetchone()[0]
         return asap, due
 
+
+@tagged("post_install", "-at_install")
+class TestJobsUnderTheScheduler(CommittedJobsCase):
+
     def test_a_job_out_of_time_runs_again_at_once(self):
         """Shadow subscriptions closed by our job, one per batch: Odoo runs the job ten times (its
         minimum), each closing one batch, then schedules it again at once, since work remains."""
@@ -123,3 +132,51 @@ class TestJobsUnderTheScheduler(TransactionCase):
             self.assertEqual(orders.mapped("next_invoice_date"), [periods.add_period(date.today(), "month", 1)] *
                              self.SUBSCRIPTIONS, "every due subscription invoiced")
             self.assertFalse(orders.filtered(lambda o: o.x_fc_usage_due_date and o.x_fc_usage_due_date <= date.today()))
+
+
+@tagged("post_install", "-at_install")
+class TestJobsIsolateABadRecord(CommittedJobsCase):
+    """One poisoned record among good ones, under Odoo's real scheduler: the good ones are done and
+    committed, the bad one is set aside where a person sees it, and it is not retried forever."""
+
+    def test_the_fold_sets_aside_a_subscription_it_cannot_fold(self):
+        """Deltas of every subscription, and one subscription whose deltas cannot be folded (a metric
+        whose aggregation this version no longer knows): was, the whole batch of 500 failed and the
+        job picked the same batch up every five minutes, folding nothing."""
+        orders, period = self.ids["orders"], (self.start, periods.add_period(self.start, "month", 1))
+        poisoned = orders[3]
+        with real_session(self.env) as env:
+            retired = env["fusion.billing.metric"].create({
+                "service_id": self.ids["service"], "code": "retired", "name": "Retired", "aggregation": "count"})
+            self.ids["catalog"].append(("fusion.billing.metric", retired.id))
+            env.cr.execute("UPDATE fusion_billing_metric SET aggregation = 'retired_kind', field_name = 'n' WHERE id = %s", [retired.id])
+            deltas = [(order, self.ids["metric"]) for order in orders] + [(poisoned, retired.id)] * 2
+            env.cr.executemany("""
+                INSERT INTO fusion_billing_usage_delta (subscription_id, service_id, metric_id, period_start,
+                            period_end, quantity, events_count, last_event_at, event_ids)
+                VALUES (%s, %s, %s, %s, %s, 2, 2, now() at time zone 'UTC', '[]')""",
+                               [(order, self.ids["service"], metric, *period) for order, metric in deltas])
+        with mute_logger(CYCLE_LOG):
+            self.run_under_scheduler(
+                "env['fusion.billing.usage'].with_context(fc_real_transactions=True)._cron_fold(batch_size=5)")
+
+        with real_session(self.env) as env:
+            env.cr.execute("SELECT DISTINCT subscription_id FROM fusion_billing_usage_delta WHERE subscription_id = ANY(%s)",
+                           [orders])
+            self.assertEqual([row[0] for row in env.cr.fetchall()], [poisoned], "every other subscription folded")
+            env.cr.execute("SELECT subscription_id, quantity FROM fusion_billing_usage WHERE metric_id = %s",
+                           [self.ids["metric"]])
+            self.assertEqual(dict(env.cr.fetchall()), {order: 2.0 for order in orders if order != poisoned},
+                             "and committed (the poisoned one's good metric waits with it: one fold per subscription)")
+            order = env["sale.order"].browse(poisoned)
+            self.assertIn("retired_kind", order.x_fc_billing_issue, "its reason, on the subscription")
+            self.assertGreaterEqual(order.x_fc_billing_attempts, 1)
+            attention = env["sale.order"].search(
+                literal_eval(env.ref("fusion_centralize_billing.sale_order_action_needs_attention").domain))
+            self.assertIn(order, attention, "listed under Needs Attention")
+
+        # Every five minutes, but not forever: set aside MAX_BILLING_ATTEMPTS times, it is left to a person.
+        with real_session(self.env) as env, mute_logger(CYCLE_LOG):
+            for _run in range(billing_cycle.MAX_BILLING_ATTEMPTS + 2):
+                env["fusion.billing.usage"]._cron_fold()
+            self.assertEqual(env["sale.order"].browse(poisoned).x_fc_billing_attempts, billing_cycle.MAX_BILLING_ATTEMPTS)
