@@ -35,6 +35,7 @@
         "views/fusion_billing_import_run_views.xml",
         "views/fusion_billing_import_run_line_views.xml",
         "views/fusion_billing_activation_run_line_views.xml",
+        "views/account_move_views.xml",
         "views/sale_order_views.xml",
         "views/sale_subscription_plan_views.xml",
         "views/res_partner_views.xml",

@@ -1,10 +1,10 @@
 import uuid
 
 from odoo import api, fields, models
-from odoo.exceptions import UserError
+from odoo.exceptions import AccessError, UserError
 
 from ..core import lago, money
-from .code_fields import check_code_fields
+from .code_fields import as_code, check_code_fields
 
 LAGO_STATUS = {"draft": "draft", "posted": "finalized", "cancel": "voided"}
 LAGO_PAYMENT_STATUS = {"paid": "succeeded", "in_payment": "succeeded", "reversed": "succeeded",
@@ -14,7 +14,7 @@ LAGO_PAYMENT_STATUS = {"paid": "succeeded", "in_payment": "succeeded", "reversed
 # service and account are computed from the invoice's subscriptions, or set by code on documents
 # without order lines (a plan change's credit note): editable computes (readonly=False) only so that
 # what code sets is kept, never for people.
-CODE_FIELDS = frozenset({"x_fc_service_id", "x_fc_account_link_id", "x_fc_overdue_notified",
+CODE_FIELDS = frozenset({"x_fc_service_id", "x_fc_account_link_id", "x_fc_overdue_notified", "x_fc_overdue_attempts",
                          "x_fc_payment_status_notified", "x_fc_delivery_state"})
 # A journal item's usage period (what a usage row shows as billed and credited, what posting bills):
 # code only, except that Odoo's own copies of a move (Duplicate, and the reversal a Credit Note is)
@@ -43,6 +43,9 @@ class AccountMove(models.Model):
              "the API lists an account's invoices by it, never by the contact several accounts may share. "
              "Set by code on documents without order lines (e.g. a plan change's credit note).")
     x_fc_overdue_notified = fields.Boolean(copy=False, readonly=True, help="invoice.payment_overdue was sent to the app.")
+    x_fc_overdue_attempts = fields.Integer(
+        copy=False, readonly=True, default=0,
+        help="Daily runs that failed to queue invoice.payment_overdue; at 3 they stop (Retry Overdue Notice).")
     x_fc_payment_status_notified = fields.Char(
         copy=False, readonly=True, help="The Lago payment status last sent in invoice.payment_status_updated (none: pending).")
     x_fc_delivery_state = fields.Selection(
@@ -52,6 +55,14 @@ class AccountMove(models.Model):
         help="A terminated subscription's final usage invoice is charged to the subscription's saved "
              "payment method and e-mailed after it is posted, outside the billing run's locks. "
              "'Charging' left over means the outcome is unknown: check the payment with the provider.")
+
+    def action_fc_retry_overdue_notice(self):
+        """Retry Overdue Notice: the next daily run tries again the invoices whose notice stopped."""
+        if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_user"):
+            raise AccessError(self.env._("Only Fusion Billing users may retry an invoice's overdue notice."))
+        as_code(self.filtered(lambda move: move.x_fc_overdue_attempts and not move.x_fc_overdue_notified)).write(
+            {"x_fc_overdue_attempts": 0})  # the person's own rights
+        return True
 
     @api.model_create_multi
     def create(self, vals_list):

@@ -20,6 +20,8 @@ WEBHOOK_STATES = [
 RETENTION_PARAM = "fusion_billing.webhook_retention_days"
 # An ingest request commits well within this after inserting its events (the events.errors digest).
 EVENTS_ERRORS_SETTLE = timedelta(minutes=1)
+# Daily runs that try an invoice's invoice.payment_overdue before leaving it to a person.
+OVERDUE_ATTEMPTS = 3
 
 
 class FusionBillingWebhook(models.Model):
@@ -129,11 +131,15 @@ class FusionBillingWebhook(models.Model):
         if self.state == "failed":
             self._fc_alert_billing_team()
 
-    def _fc_alert_billing_team(self):
-        manager = self.env.ref("fusion_centralize_billing.group_fusion_billing_manager").user_ids.filtered(
+    @api.model
+    def _fc_billing_team_member(self):
+        """Who gets the to-do of a failure a person must look at: a Fusion Billing manager."""
+        return self.env.ref("fusion_centralize_billing.group_fusion_billing_manager").user_ids.filtered(
             lambda user: not user.share and user.active)[:1] or self.env.ref("base.user_admin")
+
+    def _fc_alert_billing_team(self):
         self.sudo().activity_schedule(
-            "mail.mail_activity_data_todo", user_id=manager.id,
+            "mail.mail_activity_data_todo", user_id=self._fc_billing_team_member().id,
             summary=self.env._("Webhook to %s failed", self.service_id.name),
             note=self.env._("%(type)s could not be delivered after %(attempts)s attempts: %(error)s",
                             type=self.event_type, attempts=self.attempts, error=self.last_error))
@@ -194,12 +200,38 @@ class FusionBillingWebhook(models.Model):
 
     @api.model
     def _cron_payment_overdue(self):
-        """``invoice.payment_overdue`` once per posted, unpaid invoice past its due date."""
+        """``invoice.payment_overdue`` once per posted, unpaid invoice past its due date.
+
+        Each invoice on its own: one whose notice cannot be built is rolled back alone, noted in
+        its chatter and tried again by the next daily runs, ``OVERDUE_ATTEMPTS`` in all; then a
+        to-do asks the billing team to fix it and press *Retry Overdue Notice* (its Action menu)."""
         moves = self.env["account.move"].search([
             ("x_fc_service_id", "!=", False), ("state", "=", "posted"), ("move_type", "=", "out_invoice"),
             ("payment_state", "in", ("not_paid", "partial")), ("x_fc_overdue_notified", "=", False),
-            ("invoice_date_due", "<", fields.Date.context_today(self))])
+            ("x_fc_overdue_attempts", "<", OVERDUE_ATTEMPTS), ("invoice_date_due", "<", fields.Date.context_today(self))])
         for move in moves:
-            self._enqueue(move.x_fc_service_id, "invoice.payment_overdue", move)
-        moves.x_fc_overdue_notified = True
+            try:
+                with self.env.cr.savepoint():
+                    self._enqueue(move.x_fc_service_id, "invoice.payment_overdue", move)
+                    move.sudo().x_fc_overdue_notified = True
+            except Exception as error:  # noqa: BLE001 — one invoice never stops the others' notices
+                self.env.invalidate_all()
+                self._fc_overdue_failed(move, error)
+
+    @api.model
+    def _fc_overdue_failed(self, move, error):
+        text = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+        _logger.warning("invoice.payment_overdue of %s could not be queued: %s", move.name, text)
+        move = move.sudo()
+        move.x_fc_overdue_attempts += 1
+        move.message_post(body=self.env._(
+            "The app could not be told that this invoice is overdue (attempt %(attempt)s of %(max)s; the other "
+            "invoices were notified): %(error)s", attempt=move.x_fc_overdue_attempts, max=OVERDUE_ATTEMPTS, error=text))
+        if move.x_fc_overdue_attempts >= OVERDUE_ATTEMPTS:
+            move.activity_schedule(
+                "mail.mail_activity_data_todo", user_id=self._fc_billing_team_member().id,
+                summary=self.env._("Overdue notice to %s not sent", move.x_fc_service_id.name),
+                note=self.env._("invoice.payment_overdue failed %(attempts)s days in a row and is no longer retried: "
+                                "%(error)s. Fix the cause, then Action → Retry Overdue Notice.",
+                                attempts=move.x_fc_overdue_attempts, error=text))
 

@@ -7,20 +7,23 @@ Everything is committed in real sessions (as workers see it) and removed afterwa
 budget is cut to zero so that the limit is reached after the first batch.
 """
 from ast import literal_eval
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 from unittest.mock import patch
 
 from odoo import Command
+from odoo.exceptions import AccessError
 from odoo.addons.base.models import ir_cron
 from odoo.tests import TransactionCase, tagged
 from odoo.tools import mute_logger
 
 from ..core import periods
+from ..models.fusion_billing_webhook import OVERDUE_ATTEMPTS
 from ..services import billing_cycle
-from .common import committed_catalog, real_cursor, real_session, remove_committed
+from .common import FusionBillingCase, committed_catalog, real_cursor, real_session, remove_committed
 
 CYCLE_LOG = "odoo.addons.fusion_centralize_billing.services.billing_cycle"
+WEBHOOK_LOG = "odoo.addons.fusion_centralize_billing.models.fusion_billing_webhook"
 
 
 class CommittedJobsCase(TransactionCase):
@@ -180,3 +183,60 @@ class TestJobsIsolateABadRecord(CommittedJobsCase):
             for _run in range(billing_cycle.MAX_BILLING_ATTEMPTS + 2):
                 env["fusion.billing.usage"]._cron_fold()
             self.assertEqual(env["sale.order"].browse(poisoned).x_fc_billing_attempts, billing_cycle.MAX_BILLING_ATTEMPTS)
+
+
+@tagged("post_install", "-at_install")
+class TestNoticeJobsIsolateABadRecord(FusionBillingCase):
+    """The webhook notices our jobs queue (each daily or hourly job commits at its end): one record
+    whose notice cannot be built among good ones."""
+
+    def overdue_invoices(self, count):
+        moves = self.env["account.move"].create([{
+            "move_type": "out_invoice", "partner_id": self.partner.id, "x_fc_service_id": self.service.id,
+            "invoice_date": date.today() - timedelta(days=40), "invoice_date_due": date.today() - timedelta(days=10),
+            "invoice_line_ids": [Command.create({"name": f"Hosting {n}", "quantity": 1, "price_unit": 10.0,
+                                                 "tax_ids": []})]} for n in range(count)])
+        moves.action_post()
+        return moves
+
+    def overdue_notices(self):
+        return self.env["fusion.billing.webhook"].search(
+            [("event_type", "=", "invoice.payment_overdue")]).mapped("object_ref")
+
+    def test_an_overdue_notice_that_cannot_be_built_does_not_stop_the_others(self):
+        """Was: the job raised, no invoice was notified, and every day it tried the same set again."""
+        invoices = self.overdue_invoices(3)
+        poisoned = invoices[1]
+        Move = type(self.env["account.move"])
+        build = Move._fc_webhook_object
+
+        def failing(move):
+            if move == poisoned:
+                raise ValueError("an invoice line the app's format cannot express")
+            return build(move)
+
+        Webhook = self.env["fusion.billing.webhook"]
+        with patch.object(Move, "_fc_webhook_object", failing), mute_logger(WEBHOOK_LOG):
+            Webhook._cron_payment_overdue()
+            self.assertEqual(sorted(self.overdue_notices()), sorted(f"account.move,{m.id}" for m in invoices - poisoned))
+            self.assertEqual(invoices.mapped("x_fc_overdue_notified"), [True, False, True])
+            self.assertEqual(poisoned.x_fc_overdue_attempts, 1)
+            self.assertIn("could not be told that this invoice is overdue", poisoned.message_ids[0].body)
+            self.assertIn("cannot express", poisoned.message_ids[0].body)
+            self.assertFalse(poisoned.activity_ids, "retried tomorrow first")
+            for _day in range(OVERDUE_ATTEMPTS + 2):
+                Webhook._cron_payment_overdue()
+        self.assertEqual(poisoned.x_fc_overdue_attempts, OVERDUE_ATTEMPTS, "not retried forever")
+        self.assertEqual(len(poisoned.activity_ids), 1, "then left to a person, with a to-do")
+        self.assertIn("Retry Overdue Notice", str(poisoned.activity_ids.note))
+        self.assertEqual(len(self.overdue_notices()), 2, "the good ones notified once")
+
+        # The cause fixed, a person retries it: the next run notifies it.
+        with self.assertRaises(AccessError):
+            poisoned.with_user(self.plain_user).action_fc_retry_overdue_notice()
+        retry = self.env.ref("fusion_centralize_billing.account_move_action_retry_overdue_notice")
+        self.assertEqual(retry.binding_model_id.model, "account.move")
+        retry.with_user(self.billing_user).with_context(active_model="account.move", active_ids=poisoned.ids).run()
+        Webhook._cron_payment_overdue()
+        self.assertTrue(poisoned.x_fc_overdue_notified)
+        self.assertEqual(len(self.overdue_notices()), 3)
