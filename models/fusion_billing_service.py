@@ -59,6 +59,8 @@ class FusionBillingService(models.Model):
 
     events_errors_until = fields.Datetime(
         readonly=True, copy=False, help="Unbillable events up to this time were reported in an events.errors webhook.")
+    events_errors_failures = fields.Integer(
+        readonly=True, copy=False, help="Hourly events.errors digests that failed in a row (at 3 the window is skipped).")
 
     api_key_ids = fields.One2many("fusion.billing.api.key", "service_id", string="API Keys")
     api_user_id = fields.Many2one(

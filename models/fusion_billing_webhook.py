@@ -1,5 +1,6 @@
 import logging
 import uuid
+from collections import defaultdict
 from datetime import timedelta
 
 from odoo import api, fields, models
@@ -20,6 +21,15 @@ WEBHOOK_STATES = [
 RETENTION_PARAM = "fusion_billing.webhook_retention_days"
 # An ingest request commits well within this after inserting its events (the events.errors digest).
 EVENTS_ERRORS_SETTLE = timedelta(minutes=1)
+# Transaction ids in one events.errors webhook: the rest are counted (total_count, truncated) and
+# listed under Unbillable Events, so that an app flooding an unknown metric gets one small webhook.
+EVENTS_ERRORS_MAX_IDS = 500
+# Hourly runs in a row that fail a service's digest before its window is skipped (and a person told).
+EVENTS_ERRORS_ATTEMPTS = 3
+# events.errors list ← event state (Lago's lists; unknown_subscription is our extension).
+EVENTS_ERRORS_LISTS = {"invalid_code": "unknown_metric", "missing_aggregation_property": "invalid_property",
+                       "missing_group_key": None, "invalid_filter_values": None,
+                       "unknown_subscription": "unknown_subscription"}
 # Daily runs that try an invoice's invoice.payment_overdue before leaving it to a person.
 OVERDUE_ATTEMPTS = 3
 
@@ -178,25 +188,66 @@ class FusionBillingWebhook(models.Model):
         an event's creation time is when its request inserted it, and a request may commit after
         the digest's snapshot; a bound of "now" put it behind the bound, never reported. Events of
         the last ``EVENTS_ERRORS_SETTLE`` are left to the next digest, so that the requests that
-        inserted them have committed (and an older event cannot commit after a newer one read)."""
+        inserted them have committed (and an older event cannot commit after a newer one read).
+
+        Each service on its own, as the daily reconciliation: its digest is committed before the
+        next one starts; one that fails is rolled back alone, noted on the service and tried again
+        the next hour; after ``EVENTS_ERRORS_ATTEMPTS`` failures in a row its window is skipped
+        (its events stay under *Unbillable Events*) and the billing team is notified."""
+        from . import batch_jobs  # noqa: PLC0415
+
         until = fields.Datetime.now() - EVENTS_ERRORS_SETTLE
-        for service in self.env["fusion.billing.service"].search([]):
-            since = service.events_errors_until or service.create_date
-            events = self.env["fusion.billing.event"].search([
-                ("service_id", "=", service.id), ("state", "not in", ("processed", "late")),
-                ("create_date", ">", since), ("create_date", "<=", until)], order="create_date, id")
-            if not events:
-                continue
-            service.events_errors_until = events[-1].create_date
-            by_state = {state: events.filtered(lambda e, s=state: e.state == s).mapped("transaction_id")
-                        for state in ("unknown_metric", "invalid_property", "unknown_subscription")}
-            self._enqueue(service, "events.errors", obj={
-                "invalid_code": by_state["unknown_metric"],
-                "missing_aggregation_property": by_state["invalid_property"],
-                "missing_group_key": [],
-                "invalid_filter_values": [],
-                "unknown_subscription": by_state["unknown_subscription"],  # extension
-            })
+        for service in self.env["fusion.billing.service"].search([], order="id"):
+            try:
+                with self.env.cr.savepoint():
+                    self._fc_events_errors_digest(service, until)
+            except Exception as error:  # noqa: BLE001 — one app's digest never stops another's
+                self.env.invalidate_all()
+                self._fc_events_errors_failed(service, until, error)
+            batch_jobs.commit(self.env)  # each service's digest (or failure) kept on its own
+
+    @api.model
+    def _fc_events_errors_digest(self, service, until):
+        """One service's digest: counted in SQL, at most ``EVENTS_ERRORS_MAX_IDS`` ids read (the
+        oldest), whatever the number of events."""
+        since = service.events_errors_until or service.create_date
+        states = tuple(state for state in EVENTS_ERRORS_LISTS.values() if state)
+        self.env["fusion.billing.event"].flush_model()
+        where = "service_id = %s AND state IN %s AND create_date > %s AND create_date <= %s"
+        params = [service.id, states, since, until]
+        self.env.cr.execute(f"SELECT count(*), max(create_date) FROM fusion_billing_event WHERE {where}", params)
+        total, last = self.env.cr.fetchone()
+        if not total:
+            return
+        self.env.cr.execute(f"SELECT state, transaction_id FROM fusion_billing_event WHERE {where} "  # noqa: S608
+                            "ORDER BY create_date, id LIMIT %s", [*params, EVENTS_ERRORS_MAX_IDS])
+        ids = defaultdict(list)
+        for state, transaction_id in self.env.cr.fetchall():
+            ids[state].append(transaction_id)
+        service.sudo().write({"events_errors_until": last, "events_errors_failures": 0})
+        obj = {name: ids[state] if state else [] for name, state in EVENTS_ERRORS_LISTS.items()}
+        self._enqueue(service, "events.errors", obj=dict(obj, total_count=total,  # extensions: what was left out
+                                                         truncated=total > EVENTS_ERRORS_MAX_IDS))
+
+    @api.model
+    def _fc_events_errors_failed(self, service, until, error):
+        text = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+        _logger.warning("events.errors digest of %s failed: %s", service.name, text)
+        service = service.sudo()
+        if service.events_errors_failures + 1 < EVENTS_ERRORS_ATTEMPTS:
+            service.events_errors_failures += 1
+            service.message_post(body=self.env._(
+                "The events.errors digest failed and was rolled back (the other apps' were sent); the next hourly "
+                "run tries again: %s", text))
+            return
+        since = service.events_errors_until or service.create_date
+        service.write({"events_errors_until": until, "events_errors_failures": 0})
+        note = self.env._(
+            "The events.errors digest of the events received from %(since)s to %(until)s (UTC) failed %(attempts)s "
+            "times in a row and was skipped: the app was not told of them. They stay listed under Usage → Unbillable "
+            "Events. Error: %(error)s", since=since, until=until, attempts=EVENTS_ERRORS_ATTEMPTS, error=text)
+        # The service has no activities: the billing team is notified in its inbox (a mention).
+        service.message_post(body=note, partner_ids=self._fc_billing_team_member().partner_id.ids)
 
     @api.model
     def _cron_payment_overdue(self):

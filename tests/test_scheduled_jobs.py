@@ -6,19 +6,20 @@ and our hook inside Odoo's own recurring job must never make that job skip its i
 Everything is committed in real sessions (as workers see it) and removed afterwards; the time
 budget is cut to zero so that the limit is reached after the first batch.
 """
+import json
 from ast import literal_eval
 from datetime import date, timedelta
 from functools import partial
 from unittest.mock import patch
 
-from odoo import Command
+from odoo import Command, fields
 from odoo.exceptions import AccessError
 from odoo.addons.base.models import ir_cron
 from odoo.tests import TransactionCase, tagged
 from odoo.tools import mute_logger
 
 from ..core import periods
-from ..models.fusion_billing_webhook import OVERDUE_ATTEMPTS
+from ..models.fusion_billing_webhook import EVENTS_ERRORS_ATTEMPTS, EVENTS_ERRORS_MAX_IDS, OVERDUE_ATTEMPTS
 from ..services import billing_cycle
 from .common import FusionBillingCase, committed_catalog, real_cursor, real_session, remove_committed
 
@@ -240,3 +241,70 @@ class TestNoticeJobsIsolateABadRecord(FusionBillingCase):
         Webhook._cron_payment_overdue()
         self.assertTrue(poisoned.x_fc_overdue_notified)
         self.assertEqual(len(self.overdue_notices()), 3)
+
+    def unbillable(self, service, count, prefix, state="unknown_subscription"):
+        self.env["fusion.billing.event"].create([{
+            "service_id": service.id, "transaction_id": f"{prefix}{n}", "external_subscription_id": "nobody",
+            "code": "calls", "timestamp": fields.Datetime.now(), "fingerprint": f"{prefix}{n}", "state": state}
+            for n in range(count)])
+
+    def digests(self, service):
+        return [json.loads(webhook.payload)["events_errors"] for webhook in self.env["fusion.billing.webhook"].search(
+            [("service_id", "=", service.id), ("event_type", "=", "events.errors")], order="id")]
+
+    def digest_run(self, hours):
+        with patch.object(fields.Datetime, "now", return_value=fields.Datetime.now() + timedelta(hours=hours)):
+            self.env["fusion.billing.webhook"]._cron_events_errors()
+
+    def test_the_events_errors_digest_is_bounded_and_each_app_is_on_its_own(self):
+        """Three apps: one floods an unknown metric, one's digest cannot be built. Was: every
+        unbillable event's id went into one webhook (a multi-megabyte row), and one app's failure
+        stopped the digest of every app, every hour."""
+        desk, maps = self._create_service("NexaDesk", "nexadesk"), self._create_service("NexaMaps", "nexamaps")
+        apps = self.service | desk | maps
+        self.env.cr.execute("UPDATE fusion_billing_service SET create_date = now() at time zone 'UTC' - interval '1 day' "
+                            "WHERE id IN %s", [tuple(apps.ids)])
+        apps.invalidate_recordset(["create_date"])
+        self.unbillable(self.service, EVENTS_ERRORS_MAX_IDS + 100, "flood", state="unknown_metric")
+        self.unbillable(self.service, 3, "cloud")
+        for app in desk | maps:
+            self.unbillable(app, 3, app.code)
+        enqueue = type(self.env["fusion.billing.webhook"])._enqueue
+
+        def failing(model, service, webhook_type, record=None, obj=None):
+            if service == maps:
+                raise ValueError("an organization id the signing cannot encode")
+            return enqueue(model, service, webhook_type, record, obj)
+
+        with patch.object(type(self.env["fusion.billing.webhook"]), "_enqueue", failing), mute_logger(WEBHOOK_LOG):
+            self.digest_run(1)
+            [flood] = self.digests(self.service)
+            self.assertEqual(len(flood["invalid_code"]) + len(flood["unknown_subscription"]), EVENTS_ERRORS_MAX_IDS)
+            self.assertEqual(flood["invalid_code"][:2], ["flood0", "flood1"], "the oldest first, as Lago lists them")
+            self.assertEqual((flood["total_count"], flood["truncated"]), (EVENTS_ERRORS_MAX_IDS + 103, True))
+            self.assertEqual((flood["missing_group_key"], flood["invalid_filter_values"]), ([], []))
+            self.assertEqual(self.digests(desk), [{
+                "invalid_code": [], "missing_aggregation_property": [], "missing_group_key": [],
+                "invalid_filter_values": [], "unknown_subscription": ["nexadesk0", "nexadesk1", "nexadesk2"],
+                "total_count": 3, "truncated": False}])
+            self.assertEqual(self.digests(maps), [], "the failing app's digest rolled back alone")
+            self.assertFalse(maps.events_errors_until, "and tried again next hour")
+            self.assertIn("events.errors", maps.message_ids[0].body)
+            self.assertIn("signing cannot encode", maps.message_ids[0].body)
+            for hour in range(2, EVENTS_ERRORS_ATTEMPTS + 3):
+                self.digest_run(hour)
+        self.assertEqual((len(self.digests(self.service)), len(self.digests(desk))), (1, 1), "each reported once")
+        self.assertTrue(maps.events_errors_until, "not retried forever: its window is skipped")
+        told = maps.message_ids[0]
+        self.assertIn("was skipped", told.body)
+        self.assertIn("Unbillable Events", told.body, "its events stay listed")
+        self.assertEqual(told.partner_ids, self.env["fusion.billing.webhook"]._fc_billing_team_member().partner_id,
+                         "and a person told (notified in the inbox)")
+        self.assertEqual(len(maps.message_ids.filtered(lambda m: "events.errors digest" in (m.body or ""))),
+                         EVENTS_ERRORS_ATTEMPTS, "one note per failed run, then no more runs")
+
+        self.unbillable(maps, 1, "later")  # an hour after the skipped window
+        self.env.cr.execute("UPDATE fusion_billing_event SET create_date = %s WHERE transaction_id = 'later0'",
+                            [fields.Datetime.now() + timedelta(hours=EVENTS_ERRORS_ATTEMPTS + 3)])
+        self.digest_run(EVENTS_ERRORS_ATTEMPTS + 4)
+        self.assertEqual([digest["unknown_subscription"] for digest in self.digests(maps)], [["later0"]])
