@@ -177,18 +177,20 @@ def committed_catalog(env, name, aggregation="sum", **service_values):
 def remove_committed(env, ids):
     """Remove what a test committed in real sessions (``env``, a real session's) with
     :func:`committed_catalog`: ``ids`` holds ``service``, ``metric``, ``orders`` and ``catalog``
-    (``(model, id)`` pairs). The subscriptions' invoices are the caller's to remove first."""
+    (``(model, id)`` pairs), and ``more_services`` if the test made more. The subscriptions'
+    invoices are the caller's to remove first."""
     cr, orders = env.cr, tuple(ids["orders"])
+    services = [ids["service"], *ids.get("more_services", [])]
     cr.execute("DELETE FROM fusion_billing_usage_delta WHERE subscription_id IN %s", [orders])
     cr.execute("DELETE FROM fusion_billing_usage WHERE subscription_id IN %s", [orders])
     for table in ("fusion_billing_event", "fusion_billing_webhook", "fusion_billing_charge",
                   "fusion_billing_activation_run"):
-        cr.execute(f"DELETE FROM {table} WHERE service_id = %s", [ids["service"]])  # noqa: S608
+        cr.execute(f"DELETE FROM {table} WHERE service_id = ANY(%s)", [services])  # noqa: S608
     cr.execute("DELETE FROM sale_order WHERE id IN %s", [orders])
     for model, record_id in ids["catalog"]:
         env[model].browse(record_id).unlink()
     env["fusion.billing.metric"].browse(ids["metric"]).unlink()
-    env["fusion.billing.service"].browse(ids["service"]).active = False
+    env["fusion.billing.service"].browse(services).active = False
 
 
 class FusionBillingFixtures:

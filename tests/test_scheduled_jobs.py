@@ -185,6 +185,44 @@ class TestJobsIsolateABadRecord(CommittedJobsCase):
                 env["fusion.billing.usage"]._cron_fold()
             self.assertEqual(env["sale.order"].browse(poisoned).x_fc_billing_attempts, billing_cycle.MAX_BILLING_ATTEMPTS)
 
+    def test_the_events_errors_digest_commits_each_app_on_its_own(self):
+        """Three apps with unbillable events, one whose digest cannot be built: the others' digests
+        are committed (was: one transaction for all apps, rolled back by the failure every hour)."""
+        with real_session(self.env) as env:
+            more = env["fusion.billing.service"].create([
+                {"name": f"Digest {n}", "code": f"digest_{n}_{self.ids['service']}"} for n in range(2)])
+            self.ids["more_services"] = more.ids
+            apps = env["fusion.billing.service"].browse([self.ids["service"], *more.ids])
+            env["fusion.billing.event"].create([{
+                "service_id": app.id, "transaction_id": f"tx{app.id}", "external_subscription_id": "nobody",
+                "code": "calls", "timestamp": fields.Datetime.now(), "fingerprint": "f", "state": "unknown_subscription"}
+                for app in apps])
+            env.cr.execute("UPDATE fusion_billing_service SET create_date = create_date - interval '1 day' WHERE id = ANY(%s)",
+                           [apps.ids])
+            env.cr.execute("UPDATE fusion_billing_event SET create_date = create_date - interval '10 minutes' "
+                           "WHERE service_id = ANY(%s)", [apps.ids])
+        poisoned = more[0].id
+        Webhook = type(self.env["fusion.billing.webhook"])
+        enqueue = Webhook._enqueue
+
+        def failing(model, service, webhook_type, record=None, obj=None):
+            if service.id == poisoned:
+                raise ValueError("a digest that cannot be built")
+            return enqueue(model, service, webhook_type, record, obj)
+
+        with patch.object(Webhook, "_enqueue", failing), mute_logger(WEBHOOK_LOG):
+            self.run_under_scheduler("env['fusion.billing.webhook'].with_context(fc_real_transactions=True)"
+                                     "._cron_events_errors()")
+        with real_session(self.env) as env:
+            env.cr.execute("SELECT service_id, payload::json #>> '{events_errors,unknown_subscription,0}' "
+                           "FROM fusion_billing_webhook WHERE event_type = 'events.errors' AND service_id = ANY(%s)",
+                           [[self.ids["service"], *more.ids]])
+            self.assertEqual(dict(env.cr.fetchall()), {self.ids["service"]: f"tx{self.ids['service']}",
+                                                       more[1].id: f"tx{more[1].id}"}, "committed")
+            failed = env["fusion.billing.service"].browse(poisoned)
+            self.assertEqual(failed.events_errors_failures, 1, "its failure committed too, with its note")
+            self.assertIn("a digest that cannot be built", failed.message_ids[0].body)
+
 
 @tagged("post_install", "-at_install")
 class TestNoticeJobsIsolateABadRecord(FusionBillingCase):
