@@ -193,6 +193,7 @@ class TestCodeOnlyFields(FusionBillingCase):
         self.assertRefused(lambda: invoice.write({"x_fc_account_link_id": self.link.id}))
         self.assertRefused(lambda: invoice.write({"x_fc_delivery_state": "pending"}))
         self.assertRefused(lambda: invoice.write({"x_fc_payment_status_notified": "succeeded"}))
+        self.assertRefused(lambda: invoice.write({"x_fc_overdue_attempts": 3}), "would stop its overdue notice")
         self.assertRefused(lambda: self.env["account.move"].with_user(self.accountant).create({
             "move_type": "out_invoice", "partner_id": self.partner.id, "x_fc_service_id": self.other_service.id}))
         self.assertFalse(self.unrelated.x_fc_service_id or self.unrelated.x_fc_account_link_id)
