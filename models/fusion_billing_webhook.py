@@ -201,6 +201,10 @@ class FusionBillingWebhook(models.Model):
             try:
                 with self.env.cr.savepoint():
                     self._fc_events_errors_digest(service, until)
+            except batch_jobs.CONFLICTS:  # someone changed the service meanwhile: not a failure, next hour
+                self.env.invalidate_all()
+                _logger.info("events.errors digest of %s: the service changed meanwhile, left to the next run",
+                             service.name)
             except Exception as error:  # noqa: BLE001 — one app's digest never stops another's
                 self.env.invalidate_all()
                 self._fc_events_errors_failed(service, until, error)
@@ -260,14 +264,21 @@ class FusionBillingWebhook(models.Model):
             ("x_fc_service_id", "!=", False), ("state", "=", "posted"), ("move_type", "=", "out_invoice"),
             ("payment_state", "in", ("not_paid", "partial")), ("x_fc_overdue_notified", "=", False),
             ("x_fc_overdue_attempts", "<", OVERDUE_ATTEMPTS), ("invoice_date_due", "<", fields.Date.context_today(self))])
+        from . import batch_jobs  # noqa: PLC0415
+
         for move in moves:
             try:
                 with self.env.cr.savepoint():
                     self._enqueue(move.x_fc_service_id, "invoice.payment_overdue", move)
                     move.sudo().x_fc_overdue_notified = True
+            except batch_jobs.CONFLICTS:  # someone changed the invoice meanwhile: not its fault, tomorrow's run
+                self.env.invalidate_all()
+                _logger.info("invoice.payment_overdue of %s: the invoice changed meanwhile, left to the next run",
+                             move.name)
             except Exception as error:  # noqa: BLE001 — one invoice never stops the others' notices
                 self.env.invalidate_all()
                 self._fc_overdue_failed(move, error)
+                self.env.flush_all()  # its failure written here, not in the next invoice's savepoint
 
     @api.model
     def _fc_overdue_failed(self, move, error):

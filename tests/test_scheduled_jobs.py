@@ -57,7 +57,7 @@ class CommittedJobsCase(TransactionCase):
             cr.execute("SELECT DISTINCT move_id FROM account_move_line WHERE id IN ("
                        "SELECT invoice_line_id FROM sale_order_line_invoice_rel rel JOIN sale_order_line line "
                        "ON line.id = rel.order_line_id WHERE line.order_id IN %s)", [orders])
-            moves = env["account.move"].browse([row[0] for row in cr.fetchall()])
+            moves = env["account.move"].browse([row[0] for row in cr.fetchall()] + self.ids.get("moves", []))
             moves.filtered(lambda m: m.state == "posted").button_draft()
             moves.with_context(force_delete=True).unlink()
             remove_committed(env, self.ids)
@@ -222,6 +222,77 @@ class TestJobsIsolateABadRecord(CommittedJobsCase):
             failed = env["fusion.billing.service"].browse(poisoned)
             self.assertEqual(failed.events_errors_failures, 1, "its failure committed too, with its note")
             self.assertIn("a digest that cannot be built", failed.message_ids[0].body)
+
+    def test_a_service_changed_meanwhile_gets_its_digest_the_next_hour(self):
+        """A person saves the service while its hourly digest is built: a conflict, not a failure
+        (no note, not counted towards skipping its window); the next run sends the digest."""
+        service_id = self.ids["service"]
+        with real_session(self.env) as env:
+            env["fusion.billing.event"].create({
+                "service_id": service_id, "transaction_id": "tx-busy", "external_subscription_id": "nobody",
+                "code": "calls", "timestamp": fields.Datetime.now(), "fingerprint": "f", "state": "unknown_subscription"})
+            env.cr.execute("UPDATE fusion_billing_service SET create_date = create_date - interval '1 day' WHERE id = %s",
+                           [service_id])
+            env.cr.execute("UPDATE fusion_billing_event SET create_date = create_date - interval '10 minutes' "
+                           "WHERE service_id = %s", [service_id])
+        Webhook = type(self.env["fusion.billing.webhook"])
+        enqueue = Webhook._enqueue
+
+        def saved_meanwhile(model, service, webhook_type, record=None, obj=None):
+            if service.id == service_id and webhook_type == "events.errors":
+                with real_session(self.env) as person:
+                    person.cr.execute("UPDATE fusion_billing_service SET webhook_event_types = 'events.errors' "
+                                      "WHERE id = %s", [service_id])
+            return enqueue(model, service, webhook_type, record, obj)
+
+        with patch.object(Webhook, "_enqueue", saved_meanwhile), real_session(self.env) as env, \
+                mute_logger(WEBHOOK_LOG, "odoo.sql_db"):
+            env["fusion.billing.webhook"]._cron_events_errors()
+        with real_session(self.env) as env:
+            service = env["fusion.billing.service"].browse(service_id)
+            digests = env["fusion.billing.webhook"].search([("service_id", "=", service_id),
+                                                            ("event_type", "=", "events.errors")])
+            self.assertEqual((len(digests), service.events_errors_failures), (0, 0), "no digest, no failure")
+            self.assertFalse(service.message_ids.filtered(lambda m: "events.errors" in (m.body or "")))
+            env["fusion.billing.webhook"]._cron_events_errors()
+            sent = digests.search([("service_id", "=", service_id), ("event_type", "=", "events.errors")])
+            self.assertEqual(json.loads(sent.payload)["events_errors"]["unknown_subscription"], ["tx-busy"],
+                             "sent by the next run")
+
+    def test_an_invoice_an_accountant_changes_meanwhile_waits_for_the_next_overdue_run(self):
+        """An accountant saves an overdue invoice while the daily job runs: that invoice's notice
+        conflicts (Odoo's REPEATABLE READ), which is no failure of the invoice: the others are
+        notified, it is not counted as an attempt, and the next run notifies it (was: the job failed
+        writing the failure onto the same row, and no invoice was notified)."""
+        with real_session(self.env) as env:
+            moves = env["account.move"].create([{
+                "move_type": "out_invoice", "partner_id": self.ids["partner"], "x_fc_service_id": self.ids["service"],
+                "invoice_date": date.today() - timedelta(days=40), "invoice_date_due": date.today() - timedelta(days=10),
+                "invoice_line_ids": [Command.create({"name": f"Hosting {n}", "quantity": 1, "price_unit": 10.0,
+                                                     "tax_ids": []})]} for n in range(3)])
+            moves.action_post()
+            self.ids["moves"] = moves.ids
+        changed = moves.ids[1]
+        Webhook = type(self.env["fusion.billing.webhook"])
+        enqueue = Webhook._enqueue
+
+        def accountant_saves_meanwhile(model, service, webhook_type, record=None, obj=None):
+            if record and record.id == changed and webhook_type == "invoice.payment_overdue":
+                with real_session(self.env) as accountant:
+                    accountant.cr.execute("UPDATE account_move SET ref = 'promised by phone' WHERE id = %s", [changed])
+            return enqueue(model, service, webhook_type, record, obj)
+
+        with patch.object(Webhook, "_enqueue", accountant_saves_meanwhile), real_session(self.env) as env, \
+                mute_logger(WEBHOOK_LOG, "odoo.sql_db"):
+            env["fusion.billing.webhook"]._cron_payment_overdue()
+        with real_session(self.env) as env:
+            moves = env["account.move"].browse(self.ids["moves"])
+            self.assertEqual(moves.mapped("x_fc_overdue_notified"), [True, False, True], "the others notified")
+            self.assertEqual(moves.mapped("x_fc_overdue_attempts"), [0, 0, 0], "a conflict is no failed attempt")
+            env["fusion.billing.webhook"]._cron_payment_overdue()
+            self.assertTrue(moves[1].x_fc_overdue_notified, "notified by the next run")
+            self.assertEqual(env["fusion.billing.webhook"].search_count([
+                ("event_type", "=", "invoice.payment_overdue"), ("object_ref", "in", [f"account.move,{m}" for m in moves.ids])]), 3)
 
 
 @tagged("post_install", "-at_install")
