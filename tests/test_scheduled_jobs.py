@@ -5,6 +5,9 @@ and our hook inside Odoo's own recurring job must never make that job skip its i
 
 Everything is committed in real sessions (as workers see it) and removed afterwards; the time
 budget is cut to zero so that the limit is reached after the first batch.
+
+Every job isolates a bad record: one poisoned record (or app) among good ones is set aside where a
+person sees it, the good ones are done and committed, and the bad one is not retried forever.
 """
 import json
 from ast import literal_eval
