@@ -7,6 +7,7 @@ from odoo import api, fields, models
 from odoo.exceptions import AccessError
 
 from ..core import signing
+from . import batch_jobs
 
 _logger = logging.getLogger(__name__)
 
@@ -194,8 +195,6 @@ class FusionBillingWebhook(models.Model):
         next one starts; one that fails is rolled back alone, noted on the service and tried again
         the next hour; after ``EVENTS_ERRORS_ATTEMPTS`` failures in a row its window is skipped
         (its events stay under *Unbillable Events*) and the billing team is notified."""
-        from . import batch_jobs  # noqa: PLC0415
-
         until = fields.Datetime.now() - EVENTS_ERRORS_SETTLE
         for service in self.env["fusion.billing.service"].search([], order="id"):
             try:
@@ -264,8 +263,6 @@ class FusionBillingWebhook(models.Model):
             ("x_fc_service_id", "!=", False), ("state", "=", "posted"), ("move_type", "=", "out_invoice"),
             ("payment_state", "in", ("not_paid", "partial")), ("x_fc_overdue_notified", "=", False),
             ("x_fc_overdue_attempts", "<", OVERDUE_ATTEMPTS), ("invoice_date_due", "<", fields.Date.context_today(self))])
-        from . import batch_jobs  # noqa: PLC0415
-
         for move in moves:
             try:
                 with self.env.cr.savepoint():
