@@ -6,6 +6,8 @@ from markupsafe import Markup
 
 from odoo import api, fields, models
 from odoo.exceptions import AccessError, UserError
+from odoo.fields import Domain
+from odoo.tools import SQL
 
 from ..core import errors, lago, money, nexacloud, periods, reconcile
 from ..services.billing_cycle import MAX_BILLING_ATTEMPTS, BillingCycle, last_served_day
@@ -337,11 +339,13 @@ class SaleOrder(models.Model):
     # ------------------------------------------------------------------ Lago API
     def _api_status(self):
         """Lago status from the native state: churned (however it was closed) or past its
-        termination is *terminated*, a cancelled order *canceled*, a future start *pending*.
-        Shadow drafts count as active, since the app runs them."""
+        termination is *terminated*, a cancelled order *canceled* (but *terminated* when it was
+        cancelled once started: ``_api_domain``), a future start *pending*. Shadow drafts count
+        as active, since the app runs them."""
         self.ensure_one()
         if self.state == "cancel":
-            return "canceled"
+            ended = self.x_fc_terminated_at
+            return "terminated" if ended and ended.date() >= self._fc_start() else "canceled"
         if self.subscription_state == "6_churn" or (
                 self.x_fc_terminated_at and self.x_fc_terminated_at <= fields.Datetime.now()):
             return "terminated"
@@ -354,12 +358,18 @@ class SaleOrder(models.Model):
         today, now = fields.Date.context_today(self), fields.Datetime.now()
         running = ["&", ("state", "!=", "cancel"), "&", ("subscription_state", "!=", "6_churn"),
                    "|", ("x_fc_terminated_at", "=", False), ("x_fc_terminated_at", ">", now)]
+        # A person's Cancel of a subscription that had started terminates it (Lago has no cancel of
+        # an active subscription); cancelled before its start, it is canceled (_api_status).
+        cancelled_once_started = Domain("id", "any!", SQL(
+            "SELECT id FROM sale_order WHERE state = 'cancel' "
+            "AND x_fc_terminated_at >= COALESCE(start_date, date_order::date)"))
         by_status = {
             "active": ["&"] + running + ["|", ("start_date", "=", False), ("start_date", "<=", today)],
             "pending": ["&"] + running + [("start_date", ">", today)],
-            "terminated": ["&", ("state", "!=", "cancel"), "|", ("subscription_state", "=", "6_churn"),
-                           "&", ("x_fc_terminated_at", "!=", False), ("x_fc_terminated_at", "<=", now)],
-            "canceled": [("state", "=", "cancel")],
+            "terminated": ["|", "&", ("state", "!=", "cancel"), "|", ("subscription_state", "=", "6_churn"),
+                           "&", ("x_fc_terminated_at", "!=", False), ("x_fc_terminated_at", "<=", now),
+                           cancelled_once_started],
+            "canceled": ["&", ("state", "=", "cancel"), "!", cancelled_once_started],
         }
         unknown = set(statuses or ()) - set(by_status)
         if unknown:
@@ -425,11 +435,11 @@ class SaleOrder(models.Model):
 
     def write(self, vals):
         check_code_fields(self, [vals], CODE_FIELDS | APP_FIELDS)
-        if "subscription_state" not in vals:
+        if "subscription_state" not in vals and vals.get("state") != "cancel":
             return super().write(vals)
-        before = {order.id: order.subscription_state for order in self if order.x_fc_service_id}
+        before = {order.id: (order.subscription_state, order.state) for order in self if order.x_fc_service_id}
         res = super().write(vals)
-        changed = self.filtered(lambda o: o.id in before and o.subscription_state != before[o.id])
+        changed = self.filtered(lambda o: o.id in before and (o.subscription_state, o.state) != before[o.id])
         if changed:
             SubscriptionLifecycle(as_code(self).env).follow(as_code(changed))
         return res

@@ -68,9 +68,7 @@ class SubscriptionLifecycle:
             status = order._api_status()
             if status in ("terminated", "canceled"):
                 continue
-            self._cancel_pending_successor(order)  # nothing is billed after the app's subscription ends
-            order.x_fc_terminated_at = now
-            order.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
+            self._end(order, now)
             if status == "pending":
                 self._cancel(order)
                 predecessor = self.orders.search([("x_fc_successor_id", "=", order.id)])
@@ -84,6 +82,19 @@ class SubscriptionLifecycle:
                 to_close |= order
         BillingCycle(self.env).close_now(to_close, bill=bill)
         return orders
+
+    def _end(self, order, at):
+        """The app's subscription ``order`` ends at ``at``: what was to continue it from its period end
+        (a scheduled downgrade) is cancelled, since nothing is billed after it ends, and its external
+        id is free for a new subscription."""
+        self._cancel_pending_successor(order)
+        order.x_fc_terminated_at = at
+        order.flush_recordset(["x_fc_terminated_at"])  # frees the external id first (unique index)
+
+    @staticmethod
+    def _ended(order, now):
+        """Whether the app's subscription ``order`` was already terminated (by the app, or followed)."""
+        return bool(order.x_fc_terminated_at) and order.x_fc_terminated_at <= now
 
     def _pending_successor(self, order):
         """The order set to continue ``order`` from its period end (a scheduled downgrade, or a renewal
@@ -120,16 +131,24 @@ class SubscriptionLifecycle:
 
     # ------------------------------------------------------------------ following Odoo
     def follow(self, orders):
-        """Odoo changed these app subscriptions' native state (any path)."""
+        """Odoo changed these app subscriptions' native state (any path): a close or a person's
+        *Cancel* ends the app's subscription as the API's termination does (what was scheduled to
+        continue it is cancelled; one ``subscription.terminated``, as Lago: ``terminated`` if it had
+        started, ``canceled`` if not). A cancelled order bills nothing more: the usage of its cut-short
+        period is not billed (Odoo voids the order; a close bills it)."""
         now = fields.Datetime.now()
         for order in orders:
-            if order.subscription_state == "6_churn":
-                if order.x_fc_terminated_at and order.x_fc_terminated_at <= now:
+            if order.state == "cancel":
+                if order.x_fc_external_id and not self._ended(order, now):  # a person's Cancel
+                    self._end(order, now)
+                    order._fc_notify("subscription.terminated")
+            elif order.subscription_state == "6_churn":
+                if self._ended(order, now):
                     continue  # terminated already (the app's DELETE, or closed before)
                 ended = now
                 if order.end_date:  # expiry: served to the end of its end date, at the latest
                     ended = min(now, datetime.combine(order.end_date + timedelta(days=1), time.min))
-                order.x_fc_terminated_at = ended
+                self._end(order, ended)
                 order._fc_notify("subscription.terminated")
             elif order.subscription_state == "5_renewed":
                 self.adopt_app_ids(self.orders.search([

@@ -20,3 +20,4 @@ from . import test_api_collisions
 from . import test_usage_live_access
 from . import test_billing_continuity
 from . import test_activation
+from . import test_native_actions

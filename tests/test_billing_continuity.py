@@ -55,6 +55,16 @@ class ContinuityCase(UsageBillingCase):
             "included_quantity": 100, "product_id": self.usage_product.id})
         return plan
 
+    def _downgraded_on_january_10(self, external_id, customer, plan_code):
+        """A Pro subscription of January 1, downgraded to ``plan_code`` on January 10: (order, its renewal
+        from February 1)."""
+        order = self.subscribe(external_id, customer=customer)
+        self.recurring("2025-01-01 03:00:00")
+        with freeze_time("2025-01-10 09:00:00"):
+            self.api("POST", "subscriptions", {"subscription": {
+                "external_customer_id": customer, "plan_code": plan_code, "external_id": external_id}})
+        return order, order.x_fc_successor_id
+
 
 @tagged("post_install", "-at_install")
 class TestUsageFollowsAMovingGrid(ContinuityCase):
@@ -244,16 +254,6 @@ class TestActivationClosesSkippedPeriods(ContinuityCase):
 
 @tagged("post_install", "-at_install")
 class TestFinalUsageOfARenewedOrder(ContinuityCase):
-
-    def _downgraded_on_january_10(self, external_id, customer, plan_code):
-        """A Pro subscription of January 1, downgraded to ``plan_code`` on January 10: (order, its renewal
-        from February 1)."""
-        order = self.subscribe(external_id, customer=customer)
-        self.recurring("2025-01-01 03:00:00")
-        with freeze_time("2025-01-10 09:00:00"):
-            self.api("POST", "subscriptions", {"subscription": {
-                "external_customer_id": customer, "plan_code": plan_code, "external_id": external_id}})
-        return order, order.x_fc_successor_id
 
     def test_final_usage_is_billed_when_the_renewal_does_not_run(self):
         """Finding 12: a downgrade's renewal that a person cancels carries nothing: the old order's
