@@ -544,7 +544,8 @@ class SaleOrder(models.Model):
             if status in ("active", "terminated") else (None, None)
         start = datetime.combine(self._fc_start(), time.min)
         successor = self.x_fc_successor_id
-        next_plan = successor.plan_id if successor and successor.plan_id != plan and status == "active" else False
+        next_plan = successor.plan_id if successor and successor.state != "cancel" and successor.plan_id != plan \
+            and status == "active" else False
         values = {
             "lago_id": str(self.id),
             "external_id": self.x_fc_external_id,

@@ -142,6 +142,9 @@ class SubscriptionLifecycle:
                 if order.x_fc_external_id and not self._ended(order, now):  # a person's Cancel
                     self._end(order, now)
                     order._fc_notify("subscription.terminated")
+                    # The renewal a downgrade scheduled: the current order has no next plan (Odoo
+                    # leaves it Renewed: it ends at its period end, as notify_handovers tells).
+                    self.orders.search([("x_fc_successor_id", "=", order.id)])._fc_notify("subscription.updated")
             elif order.subscription_state == "6_churn":
                 if self._ended(order, now):
                     continue  # terminated already (the app's DELETE, or closed before)
@@ -187,18 +190,20 @@ class SubscriptionLifecycle:
         """Tell the apps about the orders that took over their subscription since the last run: a
         downgrade applying at the end of the paid period (as Lago: ``subscription.terminated`` for
         the old plan, ``subscription.started`` for the new one) or a native renewal on the same plan
-        (``subscription.updated``). Once per hand-over; one failing order never stops the others."""
+        (``subscription.updated``); a renewal a person cancelled took nothing over: the subscription
+        ended (``subscription.terminated`` only). Once per hand-over; one failing order never stops the others."""
         orders = self.orders.search([("x_fc_successor_id", "!=", False), ("x_fc_handover_notified", "=", False),
                                      ("x_fc_terminated_at", "<=", fields.Datetime.now())])
         for order in orders:
             successor = order.x_fc_successor_id
             try:
                 with self.env.cr.savepoint():
-                    if successor.plan_id != order.plan_id:
-                        order._fc_notify("subscription.terminated")
-                        successor._fc_notify("subscription.started")
-                    else:
+                    if successor.state != "cancel" and successor.plan_id == order.plan_id:
                         successor._fc_notify("subscription.updated")
+                    else:
+                        order._fc_notify("subscription.terminated")
+                        if successor.state != "cancel":  # (a person cancelled it: the subscription ended)
+                            successor._fc_notify("subscription.started")
                     order.x_fc_handover_notified = True
             except Exception:  # noqa: BLE001 — logged; the next run tries this order again
                 _logger.exception("Could not notify the app that %s took over %s", successor.name, order.name)

@@ -143,3 +143,24 @@ class TestNativeCancelAndClose(ContinuityCase):
         self.assertEqual(self.get("sub_dx", "2025-02-02").status_code, 404)
         found = self.get("sub_dx", "2025-02-02", status="terminated").json()["subscription"]
         self.assertEqual((found["lago_id"], found["terminated_at"]), (str(order.id), "2025-01-20T10:00:00Z"))
+
+    def test_a_native_cancel_of_the_downgrades_renewal(self):
+        """A person cancels the renewal a downgrade scheduled: the app's pending subscription is canceled
+        (as Lago's ``DELETE …?status=pending``) and the current one has no next plan. Odoo leaves the
+        current order *Renewed* (it ends at its period end, its last usage on its own final invoice):
+        the app hears of that end then, and never of a start of the cancelled renewal."""
+        self._plan("basic", "NexaCloud Basic", 19.0)
+        order, basic = self._downgraded_on_january_10("sub_dr", "cus_dr", "basic")
+        self.cancel(basic, "2025-01-20 10:00:00")
+        self.assertEqual(self.sent(basic), [("subscription.terminated", "canceled")])
+        self.assertEqual(self.sent(order)[1:], [("subscription.updated", "active")] * 2, "its next plan is gone")
+        current = self.get("sub_dr", "2025-01-21").json()["subscription"]
+        self.assertEqual((current["lago_id"], current["next_plan_code"]), (str(order.id), None))
+
+        self.recurring("2025-02-01 03:00:00")
+        self.close("2025-02-01 04:00:00")
+        self.close("2025-02-01 05:00:00")
+        self.assertEqual(self.sent(basic), [("subscription.terminated", "canceled")], "no later activation")
+        self.assertEqual(self.sent(order)[3:], [("subscription.terminated", "terminated")])
+        self.assertEqual(self.get("sub_dr", "2025-02-02", status="terminated").json()["subscription"]["lago_id"],
+                         str(order.id))
