@@ -444,6 +444,10 @@ class SaleOrder(models.Model):
             SubscriptionLifecycle(as_code(self).env).follow(as_code(changed))
         return res
 
+    def action_draft(self, *args, **kwargs):
+        SubscriptionLifecycle(self.env).refuse_revival(self)
+        return super().action_draft(*args, **kwargs)
+
     def action_confirm(self, *args, **kwargs):
         res = super().action_confirm(*args, **kwargs)
         SubscriptionLifecycle(as_code(self).env).adopt_app_ids(as_code(self))

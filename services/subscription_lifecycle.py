@@ -13,6 +13,7 @@ from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 from odoo import Command, fields
+from odoo.exceptions import UserError
 
 from ..core import money, periods
 from .billing_cycle import BillingCycle
@@ -157,6 +158,17 @@ class SubscriptionLifecycle:
                 self.adopt_app_ids(self.orders.search([
                     ("subscription_id", "=", order.id), ("state", "=", "sale"),
                     ("subscription_state", "in", RUNNING)], order="id desc", limit=1))
+
+    def refuse_revival(self, orders):
+        """A cancelled app subscription the app was told ended (``follow``, ``terminate``) is not set
+        back to quotation: confirmed again, Odoo would bill it while the app has it terminated (and
+        its events go nowhere). The app starts a new subscription instead."""
+        ended = orders.filtered(lambda o: o.state == "cancel" and o.x_fc_external_id and o.x_fc_terminated_at)
+        if ended:
+            raise UserError(self.env._(
+                "%(orders)s: the app was told its subscription (%(ids)s) ended when the order was cancelled, so "
+                "it cannot be set back to quotation. Start a new subscription from the app instead.",
+                orders=", ".join(ended.mapped("name")), ids=", ".join(ended.mapped("x_fc_external_id"))))
 
     def adopt_app_ids(self, orders):
         """Confirmed renewal and upsell orders carry the app's ids: a renewal becomes the app's

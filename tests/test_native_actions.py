@@ -7,6 +7,7 @@ from datetime import date, datetime
 
 from freezegun import freeze_time
 
+from odoo.exceptions import UserError
 from odoo.tests import new_test_user, tagged
 
 from .test_billing_continuity import ContinuityCase
@@ -74,6 +75,19 @@ class TestNativeCancelAndClose(ContinuityCase):
         self.recurring("2025-02-01 03:00:00")
         self.close("2025-02-01 04:00:00")
         self.assertEqual(lines_of(order.invoice_ids).mapped("price_subtotal"), [49.0], "January's fee only")
+
+    def test_a_cancelled_app_subscription_is_not_set_back_to_quotation(self):
+        """The app was told it ended: Odoo reviving it would bill a fee for a subscription the app has
+        terminated (and takes no events for). The salesperson is told to start a new one instead."""
+        order = self.subscribe("sub_nr", customer="cus_nr")
+        self.cancel(order, "2025-01-20 10:00:00")
+        with self.assertRaisesRegex(UserError, "sub_nr"), self.env.cr.savepoint():
+            order.with_user(self.salesperson).action_draft()
+        self.assertEqual(order.state, "cancel")
+        quotation = self.env["sale.order"].create({"partner_id": self.partner.id})
+        quotation.with_user(self.salesperson).action_cancel()
+        quotation.with_user(self.salesperson).action_draft()
+        self.assertEqual(quotation.state, "draft", "other orders are set back to quotation as before")
 
     def test_a_cancel_before_the_start_is_the_app_subscription_canceled(self):
         with freeze_time("2025-01-10 09:00:00"):
