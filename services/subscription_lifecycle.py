@@ -143,9 +143,12 @@ class SubscriptionLifecycle:
                 if order.x_fc_external_id and not self._ended(order, now):  # a person's Cancel
                     self._end(order, now)
                     order._fc_notify("subscription.terminated")
-                    # The renewal a downgrade scheduled: the current order has no next plan (Odoo
-                    # leaves it Renewed: it ends at its period end, as notify_handovers tells).
-                    self.orders.search([("x_fc_successor_id", "=", order.id)])._fc_notify("subscription.updated")
+                    # The renewal a downgrade scheduled: the current order has no next plan. Odoo
+                    # leaves it Renewed (it ends at its period end, as notify_handovers tells) or
+                    # reopens it (it goes on).
+                    for predecessor in self.orders.search([("x_fc_successor_id", "=", order.id)]):
+                        self._reopened(predecessor)
+                        predecessor._fc_notify("subscription.updated")
             elif order.subscription_state == "6_churn":
                 if self._ended(order, now):
                     continue  # terminated already (the app's DELETE, or closed before)
@@ -158,6 +161,13 @@ class SubscriptionLifecycle:
                 self.adopt_app_ids(self.orders.search([
                     ("subscription_id", "=", order.id), ("state", "=", "sale"),
                     ("subscription_state", "in", RUNNING)], order="id desc", limit=1))
+            else:
+                self._reopened(order)
+
+    def _reopened(self, order):
+        """Odoo put ``order`` back In Progress once what was to continue it is cancelled: it goes on."""
+        if order.state == "sale" and order.subscription_state in RUNNING and order.x_fc_successor_id.state == "cancel":
+            self._resume(order)
 
     def refuse_revival(self, orders):
         """A cancelled app subscription the app was told ended (``follow``, ``terminate``) is not set

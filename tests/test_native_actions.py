@@ -4,6 +4,7 @@ that had started, ``canceled`` for one that had not), and a native close or Canc
 is scheduled cancels the downgrade's renewal, which then never starts, bills or activates."""
 import json
 from datetime import date, datetime
+from unittest.mock import patch
 
 from freezegun import freeze_time
 
@@ -178,3 +179,41 @@ class TestNativeCancelAndClose(ContinuityCase):
         self.assertEqual(self.sent(order)[3:], [("subscription.terminated", "terminated")])
         self.assertEqual(self.get("sub_dr", "2025-02-02", status="terminated").json()["subscription"]["lago_id"],
                          str(order.id))
+
+    def test_an_original_odoo_reopens_when_its_renewal_is_cancelled_goes_on(self):
+        """Should Odoo reopen the original (*In Progress*) when a person cancels the downgrade's renewal
+        (the stand-in leaves it *Renewed*; Enterprise may not), before or after the renewal is
+        cancelled: the original goes on billing its plan, and the app never hears it ended."""
+        self._plan("basic", "NexaCloud Basic", 19.0)
+        engine = type(self.env["sale.order"])
+        cancel = engine._action_cancel
+
+        def reopen(orders):
+            for order in orders.filtered(lambda o: o.subscription_id.subscription_state == "5_renewed"):
+                order.subscription_id.subscription_state = "3_progress"
+
+        def reopening_before(orders, *args, **kwargs):
+            reopen(orders)
+            return cancel(orders, *args, **kwargs)
+
+        def reopening_after(orders, *args, **kwargs):
+            res = cancel(orders, *args, **kwargs)
+            reopen(orders)
+            return res
+
+        originals = []
+        for name, reopening in (("before", reopening_before), ("after", reopening_after)):
+            order, basic = self._downgraded_on_january_10(f"sub_ro_{name}", f"cus_ro_{name}", "basic")
+            with patch.object(engine, "_action_cancel", reopening):
+                self.cancel(basic, "2025-01-20 10:00:00")
+            self.assertEqual((order.subscription_state, order.x_fc_successor_id, order.x_fc_terminated_at),
+                             ("3_progress", self.env["sale.order"], False), name)
+            originals.append(order)
+        self.recurring("2025-02-01 03:00:00")
+        self.close("2025-02-01 04:00:00")
+        for order in originals:
+            february = order.invoice_ids.filtered(lambda m: m.invoice_date == date(2025, 2, 1))
+            self.assertEqual(lines_of(february).mapped("price_subtotal")[:1], [49.0], "Pro goes on")
+            self.assertNotIn(("subscription.terminated", "terminated"), self.sent(order))
+            found = self.get(order.x_fc_external_id, "2025-02-02").json()["subscription"]
+            self.assertEqual((found["lago_id"], found["status"], found["next_plan_code"]), (str(order.id), "active", None))
