@@ -118,6 +118,20 @@ class TestNativeCancelAndClose(ContinuityCase):
         self.assertEqual((self.sent(quotation), self.sent(order)), ([], [("subscription.started", "active")]))
         self.assertEqual(self.get("sub_nq", "2025-01-17").json()["subscription"]["lago_id"], str(order.id))
 
+    def test_a_shadow_draft_cancelled_is_recorded_never_sent(self):
+        """Shadow: the app runs the subscription itself and the API shows Odoo's draft copy as active. A
+        person's Cancel ends that copy as a termination would (the API answers ``terminated``); the
+        webhook is recorded as shadow mode records every webhook, never sent."""
+        self.service.billing_mode = "shadow"
+        order = self.subscribe("sub_ns", customer="cus_ns")
+        self.assertEqual(order.state, "draft")
+        self.cancel(order, "2025-01-20 10:00:00")
+        rows = self.env["fusion.billing.webhook"].search([
+            ("object_ref", "=", f"sale.order,{order.id}"), ("event_type", "=", "subscription.terminated")])
+        self.assertEqual(rows.mapped("state"), ["shadow"])
+        found = self.get("sub_ns", "2025-01-21", status="terminated").json()["subscription"]
+        self.assertEqual((found["lago_id"], found["status"]), (str(order.id), "terminated"))
+
     # ------------------------------------------------------------------ a downgrade scheduled
     def test_a_native_close_cancels_the_scheduled_downgrade(self):
         self._plan("basic", "NexaCloud Basic", 19.0)
