@@ -99,8 +99,11 @@ class SubscriptionLifecycle:
 
     def _pending_successor(self, order):
         """The order set to continue ``order`` from its period end (a scheduled downgrade, or a renewal
-        confirmed ahead) while it has not started yet; empty otherwise."""
-        successor = order.x_fc_successor_id
+        confirmed ahead) while it has not started yet; empty otherwise. Read and ended as code: only
+        code links it (``x_fc_successor_id`` is code-only), so whoever may end ``order`` ends what
+        continues it, also when the app's call created it (a salesperson seeing only their own
+        documents closing the subscription assigned to them)."""
+        successor = order.x_fc_successor_id.sudo()
         return successor if successor and successor._api_status() == "pending" else self.orders
 
     def _cancel_pending_successor(self, order):

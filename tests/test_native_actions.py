@@ -159,6 +159,20 @@ class TestNativeCancelAndClose(ContinuityCase):
         self.assertEqual(self.get("sub_dc", "2025-02-02", status="terminated").json()["subscription"]["lago_id"],
                          str(order.id))
 
+    def test_a_salesperson_of_own_documents_closes_a_subscription_with_a_downgrade_scheduled(self):
+        """A salesperson who sees only their own documents closes the subscription assigned to them:
+        the downgrade's renewal, which the app's call created (not theirs), is cancelled all the same."""
+        own = new_test_user(self.env, "fc_native_own_sales", groups="sales_team.group_sale_salesman")
+        self._plan("basic", "NexaCloud Basic", 19.0)
+        order, basic = self._downgraded_on_january_10("sub_own", "cus_own", "basic")
+        order.user_id = own
+        basic.user_id = self.env.user  # someone else's document
+        with freeze_time("2025-01-20 10:00:00"):
+            order.with_user(own).set_close(close_reason_id=self.env.ref("sale_subscription.close_reason_1").id)
+        self.env.invalidate_all()
+        self.assertEqual((order.subscription_state, basic.state), ("6_churn", "cancel"))
+        self.assertEqual(self.sent(basic), [], "no later activation")
+
     def test_a_native_cancel_cancels_the_scheduled_downgrade(self):
         self._plan("basic", "NexaCloud Basic", 19.0)
         order, basic = self._downgraded_on_january_10("sub_dx", "cus_dx", "basic")
