@@ -16,7 +16,7 @@ RUN_STATES = [("queued", "Queued"), ("done", "Done"), ("failed", "Refused or Sto
 # times, one batch each. Batches of 50 (about 2 s) keep that unit well inside the limit.
 BATCH_SIZE = 50
 CRON = "fusion_centralize_billing.ir_cron_activate_subscriptions"
-# The drafts of a service a run has not handled yet (what ``_draft_domain`` selects, in SQL).
+# The drafts of a service a run has not handled yet (run 0: all of them, what a new run will handle).
 UNHANDLED = """
     FROM sale_order o
    WHERE o.x_fc_service_id = %(service)s AND o.is_subscription AND o.state IN ('draft', 'sent')
@@ -69,8 +69,9 @@ class FusionBillingActivationRun(models.Model):
         open_run = Run.search([("service_id", "=", service.id), ("state", "=", "queued")], limit=1)
         if open_run:
             return open_run, False
-        drafts = self.env["sale.order"].sudo().search_count(self._draft_domain(service))
         self.env.flush_all()
+        self.env.cr.execute(f"SELECT count(*) {UNHANDLED}", {"service": service.id, "run": 0})  # noqa: S608
+        drafts = self.env.cr.fetchone()[0]
         try:
             # The unique index decides between concurrent presses; not logged: an expected conflict.
             with self.env.cr.savepoint(flush=False):
@@ -87,11 +88,6 @@ class FusionBillingActivationRun(models.Model):
             return Run.search([("service_id", "=", service.id), ("state", "=", "queued")], limit=1), False
         self.env.ref(CRON).sudo()._trigger()
         return run, True
-
-    @api.model
-    def _draft_domain(self, service):
-        return [("x_fc_service_id", "=", service.id), ("is_subscription", "=", True),
-                ("state", "in", ("draft", "sent")), ("x_fc_terminated_at", "=", False)]
 
     # ------------------------------------------------------------------ the background job
     @api.model
@@ -175,7 +171,7 @@ class FusionBillingActivationRun(models.Model):
         self.invalidate_recordset()
         self.write({"state": "failed" if refusal else "done", "error": refusal or False,
                     "finished_at": fields.Datetime.now()})
-        service = self.service_id.with_user(self.user_id)
+        service = self.service_id
         body = self._summary() if not refusal else refusal + (" " + self._summary() if self.line_ids else "")
         service.sudo().message_post(body=body, author_id=self.user_id.partner_id.id)
         batch_jobs.commit(self.env)

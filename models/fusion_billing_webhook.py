@@ -7,6 +7,7 @@ from odoo import api, fields, models
 from odoo.exceptions import AccessError
 
 from ..core import signing
+from ..services.webhook_delivery import describe
 from . import batch_jobs
 
 _logger = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class FusionBillingWebhook(models.Model):
 
     @api.model
     def _fc_events_errors_failed(self, service, until, error):
-        text = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+        text = describe(error, limit=1000)
         _logger.warning("events.errors digest of %s failed: %s", service.name, text)
         service = service.sudo()
         if service.events_errors_failures + 1 < EVENTS_ERRORS_ATTEMPTS:
@@ -279,7 +280,7 @@ class FusionBillingWebhook(models.Model):
 
     @api.model
     def _fc_overdue_failed(self, move, error):
-        text = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+        text = describe(error, limit=1000)
         _logger.warning("invoice.payment_overdue of %s could not be queued: %s", move.name, text)
         move = move.sudo()
         move.x_fc_overdue_attempts += 1

@@ -121,6 +121,11 @@ class SaleOrder(models.Model):
         for order in self:
             order.x_fc_billing_retry_stopped = order.x_fc_billing_attempts >= MAX_BILLING_ATTEMPTS
 
+    def _fc_fee_lines(self):
+        """This subscription's recurring fee lines: their taxes are what a plan change's credit, which
+        gives part of a fee back, is taxed with."""
+        return self.order_line.filtered(lambda line: line.product_id.recurring_invoice and not line.x_fc_line_kind)
+
     def action_fc_retry_billing(self):
         """Retry Billing: the next run of the usage job tries these set-aside subscriptions again."""
         if not self.env.user.has_group("fusion_centralize_billing.group_fusion_billing_user"):

@@ -61,13 +61,14 @@ class SaleOrderLine(models.Model):
                    for line in self.invoice_lines)
 
     def _compute_tax_ids(self):
-        # A plan change's credit is taxed as the fee it gives back (its product has no taxes of its own),
-        # when Odoo maps the taxes again (Update Taxes); the billing cycle sets them so on creation.
+        # A plan change's credit is taxed as a fee (its product has no taxes of its own): created with
+        # the taxes of the fee it gives back, mapped again by Update Taxes as its order's fee is (a
+        # service's plans are taxed alike); kept as they are on an order without a fee line.
         credits = self.filtered(lambda line: line.x_fc_line_kind == PLAN_CREDIT)
         res = super(SaleOrderLine, self - credits)._compute_tax_ids()
         for line in credits:
-            line.tax_ids = line.order_id.order_line.filtered(
-                lambda fee: fee.product_id.recurring_invoice and not fee.x_fc_line_kind).tax_ids
+            fees = line.order_id._fc_fee_lines()
+            line.tax_ids = fees.tax_ids if fees else line.tax_ids
         return res
 
     def _compute_price_unit(self):

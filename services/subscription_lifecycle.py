@@ -343,8 +343,7 @@ class SubscriptionLifecycle:
         """The unused part of the old plan's fee as a credit line on the new subscription's first
         invoice (never more than that invoice's fee; the rest as a native credit note)."""
         product = self.env.ref("fusion_centralize_billing.product_plan_change_credit")
-        taxes = current.order_line.filtered(
-            lambda line: line.product_id.recurring_invoice and not line.x_fc_line_kind).tax_ids
+        taxes = current._fc_fee_lines().tax_ids
         label = self.env._("Unused %(plan)s from %(first)s to %(last)s",
                            plan=current.plan_id.name, first=first_day, last=last_day)
         fee = money.to_decimal(sum(new.order_line.filtered(lambda line: line.product_id.recurring_invoice)

@@ -138,11 +138,11 @@ class WebhookDelivery:
     def _send(self, url, body, headers):
         """(status, error) of one POST; never raises (a bad row must not stop the others)."""
         if url is None:
-            return 0, _describe(headers)
+            return 0, describe(headers)
         try:
             response = outbound.post(url, body, headers, timeout=SEND_TIMEOUT_SECONDS, allow_loopback=self.loopback)
         except Exception as error:  # noqa: BLE001
-            return 0, _describe(error)
+            return 0, describe(error)
         if signing.is_success(response.status):
             return response.status, False
         return response.status, f"HTTP {response.status}: {response.excerpt}" if response.excerpt else f"HTTP {response.status}"
@@ -176,6 +176,7 @@ class WebhookDelivery:
             self.env.cr.rollback()
 
 
-def _describe(error):
+def describe(error, limit=300):
+    """One line of at most ``limit`` characters saying what ``error`` (an exception or a text) was."""
     text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-    return " ".join(text.split())[:300]
+    return " ".join(text.split())[:limit]
