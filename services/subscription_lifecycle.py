@@ -141,6 +141,8 @@ class SubscriptionLifecycle:
         started, ``canceled`` if not). A cancelled order bills nothing more: the usage of its cut-short
         period is not billed (Odoo voids the order; a close bills it)."""
         now = fields.Datetime.now()
+        cancelled = orders.filtered(lambda o: o.state == "cancel")
+        predecessors = self.orders.search([("x_fc_successor_id", "in", cancelled.ids)]) if cancelled else self.orders
         for order in orders:
             if order.state == "cancel":
                 if order.x_fc_external_id and not self._ended(order, now):  # a person's Cancel
@@ -149,7 +151,7 @@ class SubscriptionLifecycle:
                     # The renewal a downgrade scheduled: the current order has no next plan. Odoo
                     # leaves it Renewed (it ends at its period end, as notify_handovers tells) or
                     # reopens it (it goes on).
-                    for predecessor in self.orders.search([("x_fc_successor_id", "=", order.id)]):
+                    for predecessor in predecessors.filtered(lambda p, order=order: p.x_fc_successor_id == order):
                         self._reopened(predecessor)
                         predecessor._fc_notify("subscription.updated")
             elif order.subscription_state == "6_churn":
