@@ -171,13 +171,15 @@ class FusionBillingUsage(models.Model):
         return {(order_id, metric_id): included for order_id, metric_id, included in self.env.cr.fetchall()}
 
     @api.model
-    def _fc_live_totals(self, subscription, period_start):
+    def _fc_live_totals(self, subscription, period_start, others=None):
         """{metric id: (units, events_count)} of a subscription's period as its events stand: the
         usage rows plus the deltas not folded yet. What current usage shows and the close rates
         (the close folds first, so there it is the row itself). For a period not closed yet, that
-        includes the usage filed under other periods that its close takes (``_fc_sweep``)."""
+        includes the usage filed under other periods that its close takes (``_fc_sweep``;
+        ``others``: their starts, when the caller has them from ``_fc_merged_periods``)."""
         totals = self._fc_live_totals_of(subscription.id, period_start)
-        others = self._fc_merged_periods(subscription, period_start)
+        if others is None:
+            others = self._fc_merged_periods(subscription, period_start)
         if not others:
             return totals
         kinds, merged = {}, {metric_id: (units, count, None) for metric_id, (units, count) in totals.items()}
@@ -411,7 +413,7 @@ class FusionBillingUsage(models.Model):
             others = self._fc_merged_periods(subscription, period_start)
             if not others:
                 continue
-            totals = self._fc_live_totals(subscription, period_start)
+            totals = self._fc_live_totals(subscription, period_start, others=others)
             self.env.cr.execute("""
                 SELECT DISTINCT metric_id FROM fusion_billing_usage
                  WHERE subscription_id = %s AND period_start IN %s AND state = 'open' AND quota_notified""",
